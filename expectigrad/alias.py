@@ -1,0 +1,47 @@
+"""Ready-made optimizers composed from :mod:`expectigrad.transforms`."""
+
+from __future__ import annotations
+
+import optax
+
+from expectigrad import transforms
+
+
+def expectigrad(
+    learning_rate: optax.ScalarOrSchedule = 0.001,
+    beta: float = 0.9,
+    eps: float = 1e-8,
+    sparse_counter: bool = True,
+) -> optax.GradientTransformation:
+  """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356).
+
+  Per element, with gradient ``g`` at step ``t``::
+
+    s <- s + g**2
+    n <- n + (g**2 != 0)          # or n = t when sparse_counter is False
+    m <- beta * m + (1 - beta) * g / (eps + sqrt(s / n))     # 0/0 := 0
+    x <- x - learning_rate / (1 - beta**t) * m
+
+  It is ``optax.chain(scale_by_arithmetic_rms(eps, sparse_counter),
+  outer_momentum(beta), scale_by_lr(learning_rate))``. Under
+  ``optax.inject_hyperparams`` pass ``static_args=('sparse_counter',)``, since
+  that flag decides the shape of the state.
+
+  Args:
+    learning_rate: a number > 0 or an ``optax.Schedule``.
+    beta: momentum decay in [0, 1); 0 keeps no momentum buffer.
+    eps: added to the root mean square; must be > 0.
+    sparse_counter: count nonzero gradients per element (True) or use the
+      global step count (False).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Raises:
+    ValueError: if ``learning_rate <= 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
+  """
+  return optax.chain(
+      transforms.scale_by_arithmetic_rms(eps=eps, sparse_counter=sparse_counter),
+      transforms.outer_momentum(beta=beta),
+      transforms.scale_by_lr(learning_rate),
+  )

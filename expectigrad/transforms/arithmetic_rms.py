@@ -1,0 +1,117 @@
+"""Expectigrad's denominator: the arithmetic (true) mean of squared gradients."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from expectigrad import _validation
+from expectigrad.transforms import _numerics
+from expectigrad.transforms.preconditioner import Preconditioner, scale_by_preconditioner
+
+
+class ArithmeticRmsState(NamedTuple):
+  """State of :func:`arithmetic_rms`.
+
+  Attributes:
+    count: int32 number of steps taken (saturates at 2**31 - 1).
+    sum_of_squares: running sum of squared gradients, one per parameter.
+    nonzero_count: int32 per-element number of steps with a nonzero gradient
+      (the "sparse counter"), or None when the global ``count`` is used.
+  """
+
+  count: jax.Array
+  sum_of_squares: optax.Updates
+  nonzero_count: Optional[optax.Updates]
+
+
+def arithmetic_rms(eps: float = 1e-8, sparse_counter: bool = True) -> Preconditioner:
+  """The preconditioner ``eps + sqrt(s / n)`` with ``s`` a sum, not an EMA.
+
+  ``s`` accumulates ``g**2`` over all steps and ``n`` counts them, so
+  ``sqrt(s / n)`` is the root of the true mean of the squared gradients seen
+  so far. With ``sparse_counter`` each element counts only the steps on which
+  its gradient was nonzero, so rarely-updated coordinates (embeddings) are not
+  diluted by the steps that did not touch them. ``0 / 0`` is taken as 0: an
+  element that has never had a nonzero gradient gets denominator ``eps``.
+
+  Args:
+    eps: added to the root mean square; must be > 0.
+    sparse_counter: count nonzero gradients per element (True) or use the
+      global step count for every element (False).
+
+  Returns:
+    A :class:`Preconditioner` with :class:`ArithmeticRmsState`.
+
+  Raises:
+    ValueError: if ``eps <= 0``.
+  """
+  _validation.check_positive('eps', eps)
+
+  def init(params):
+    return ArithmeticRmsState(
+        count=_numerics.zero_count(),
+        sum_of_squares=jax.tree.map(jnp.zeros_like, params),
+        nonzero_count=(
+            jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.int32), params)
+            if sparse_counter
+            else None
+        ),
+    )
+
+  def accumulate(gradients, state):
+    squares = jax.tree.map(lambda g: g * g, gradients)
+    sum_of_squares = jax.tree.map(
+        lambda s, g2: (s + g2).astype(s.dtype), state.sum_of_squares, squares
+    )
+    nonzero_count = state.nonzero_count
+    if sparse_counter:
+      nonzero_count = jax.tree.map(
+          lambda n, g2: _numerics.increment_where(n, g2 != 0), nonzero_count, squares
+      )
+    return ArithmeticRmsState(
+        count=_numerics.increment(state.count),
+        sum_of_squares=sum_of_squares,
+        nonzero_count=nonzero_count,
+    )
+
+  def scale(tree, state):
+    def divide(u, s, n):
+      # s == 0 wherever n == 0 (both grow only on a nonzero g**2), so dividing
+      # by max(n, 1) realises 0/0 := 0 without a select in the fused loop.
+      mean_square = s / jnp.maximum(n, 1).astype(s.dtype)
+      return (u / (eps + jnp.sqrt(mean_square))).astype(u.dtype)
+
+    if sparse_counter:
+      return jax.tree.map(divide, tree, state.sum_of_squares, state.nonzero_count)
+    return jax.tree.map(
+        lambda u, s: divide(u, s, state.count), tree, state.sum_of_squares
+    )
+
+  return Preconditioner(init, accumulate, scale)
+
+
+def scale_by_arithmetic_rms(
+    eps: float = 1e-8, sparse_counter: bool = True
+) -> optax.GradientTransformation:
+  """Scales updates by ``1 / (eps + sqrt(s / n))``, Expectigrad's denominator.
+
+  See :func:`arithmetic_rms` for the statistics. In a chain, place it first
+  (it must see raw gradients) and follow it with
+  :func:`~expectigrad.transforms.outer_momentum`.
+
+  Args:
+    eps: added to the root mean square; must be > 0.
+    sparse_counter: count nonzero gradients per element (True) or use the
+      global step count for every element (False).
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`ArithmeticRmsState`.
+
+  Raises:
+    ValueError: if ``eps <= 0``.
+  """
+  return scale_by_preconditioner(arithmetic_rms(eps, sparse_counter))

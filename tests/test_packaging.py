@@ -1,0 +1,35 @@
+"""Import hygiene and the contract between README.md and .ci/run."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_python(code: str) -> str:
+  return subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True,
+                        cwd=ROOT).stdout.strip()
+
+
+def test_import_expectigrad_loads_neither_torch_nor_tensorflow():
+  out = _run_python('import sys, expectigrad; expectigrad.expectigrad(); '
+                    'print(sorted(m for m in ("torch", "tensorflow", "keras") if m in sys.modules))')
+  assert out == '[]'
+
+
+def test_unknown_attribute_is_an_attribute_error():
+  import expectigrad
+  with pytest.raises(AttributeError, match='no attribute'):
+    expectigrad.not_a_module  # noqa: B018
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+  readme = (ROOT / 'README.md').read_text()
+  match = re.search(r'Run the tests:\n```bash\n(.+)\n```', readme)
+  assert match, 'README.md must give the test command under "Run the tests:"'
+  ci_lines = (ROOT / '.ci' / 'run').read_text().splitlines()
+  assert match.group(1) in ci_lines
