@@ -1,0 +1,1 @@
+"""Benchmarks: each bench_*.py exposes ``run(workloads, rounds) -> list[Row]`` and ``main()``."""
