@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 
 from expectigrad import transforms
@@ -12,6 +14,7 @@ def expectigrad(
     beta: float = 0.9,
     eps: float = 1e-8,
     sparse_counter: bool = True,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
   """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356).
 
@@ -24,8 +27,8 @@ def expectigrad(
 
   It is ``optax.chain(scale_by_arithmetic_rms(eps, sparse_counter),
   outer_momentum(beta), scale_by_lr(learning_rate))``. Under
-  ``optax.inject_hyperparams`` pass ``static_args=('sparse_counter',)``, since
-  that flag decides the shape of the state.
+  ``optax.inject_hyperparams`` pass ``static_args=('sparse_counter',
+  'state_dtype')``, since those decide the shape of the state.
 
   Args:
     learning_rate: a number > 0 or an ``optax.Schedule``.
@@ -33,6 +36,9 @@ def expectigrad(
     eps: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count (False).
+    state_dtype: dtype of the optimizer's float buffers; None means the
+      parameter's dtype promoted to at least float32 (bfloat16 and float16
+      parameters get float32 state). The counters are always int32.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -41,7 +47,9 @@ def expectigrad(
     ValueError: if ``learning_rate <= 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
   """
   return optax.chain(
-      transforms.scale_by_arithmetic_rms(eps=eps, sparse_counter=sparse_counter),
-      transforms.outer_momentum(beta=beta),
+      transforms.scale_by_arithmetic_rms(
+          eps=eps, sparse_counter=sparse_counter, state_dtype=state_dtype
+      ),
+      transforms.outer_momentum(beta=beta, state_dtype=state_dtype),
       transforms.scale_by_lr(learning_rate),
   )

@@ -10,6 +10,26 @@ import jax.numpy as jnp
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
+def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
+  """Zero state buffers shaped like ``params``.
+
+  Args:
+    params: a pytree of arrays (``None`` leaves stay ``None``).
+    state_dtype: the buffers' dtype; None means the parameter's dtype promoted
+      to at least float32, so bfloat16/float16 parameters get float32 state
+      (their sums of squares would otherwise stop growing after a few
+      thousand steps).
+
+  Returns:
+    A pytree of zero arrays.
+  """
+  def zeros(p):
+    dtype = state_dtype or jnp.promote_types(jnp.result_type(p), jnp.float32)
+    return jnp.zeros(jnp.shape(p), dtype)
+
+  return jax.tree.map(zeros, params)
+
+
 def zero_count() -> jax.Array:
   """A fresh step counter: int32, so it is exact for 2^31 - 1 steps."""
   return jnp.zeros([], jnp.int32)

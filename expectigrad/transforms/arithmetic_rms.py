@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,9 @@ class ArithmeticRmsState(NamedTuple):
   nonzero_count: Optional[optax.Updates]
 
 
-def arithmetic_rms(eps: float = 1e-8, sparse_counter: bool = True) -> Preconditioner:
+def arithmetic_rms(
+    eps: float = 1e-8, sparse_counter: bool = True, state_dtype: Any = None
+) -> Preconditioner:
   """The preconditioner ``eps + sqrt(s / n)`` with ``s`` a sum, not an EMA.
 
   ``s`` accumulates ``g**2`` over all steps and ``n`` counts them, so
@@ -42,6 +44,8 @@ def arithmetic_rms(eps: float = 1e-8, sparse_counter: bool = True) -> Preconditi
     eps: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count for every element (False).
+    state_dtype: dtype of the sum of squares; None means the parameter's
+      dtype, promoted to at least float32.
 
   Returns:
     A :class:`Preconditioner` with :class:`ArithmeticRmsState`.
@@ -54,7 +58,7 @@ def arithmetic_rms(eps: float = 1e-8, sparse_counter: bool = True) -> Preconditi
   def init(params):
     return ArithmeticRmsState(
         count=_numerics.zero_count(),
-        sum_of_squares=jax.tree.map(jnp.zeros_like, params),
+        sum_of_squares=_numerics.zeros_for_state(params, state_dtype),
         nonzero_count=(
             jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.int32), params)
             if sparse_counter
@@ -63,10 +67,11 @@ def arithmetic_rms(eps: float = 1e-8, sparse_counter: bool = True) -> Preconditi
     )
 
   def accumulate(gradients, state):
-    squares = jax.tree.map(lambda g: g * g, gradients)
-    sum_of_squares = jax.tree.map(
-        lambda s, g2: (s + g2).astype(s.dtype), state.sum_of_squares, squares
+    # Square in the state's precision: a bfloat16 g**2 would lose most digits.
+    squares = jax.tree.map(
+        lambda g, s: jnp.square(g.astype(s.dtype)), gradients, state.sum_of_squares
     )
+    sum_of_squares = jax.tree.map(jnp.add, state.sum_of_squares, squares)
     nonzero_count = state.nonzero_count
     if sparse_counter:
       nonzero_count = jax.tree.map(
@@ -95,7 +100,7 @@ def arithmetic_rms(eps: float = 1e-8, sparse_counter: bool = True) -> Preconditi
 
 
 def scale_by_arithmetic_rms(
-    eps: float = 1e-8, sparse_counter: bool = True
+    eps: float = 1e-8, sparse_counter: bool = True, state_dtype: Any = None
 ) -> optax.GradientTransformation:
   """Scales updates by ``1 / (eps + sqrt(s / n))``, Expectigrad's denominator.
 
@@ -107,6 +112,8 @@ def scale_by_arithmetic_rms(
     eps: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count for every element (False).
+    state_dtype: dtype of the sum of squares; None means the parameter's
+      dtype, promoted to at least float32.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`ArithmeticRmsState`.
@@ -114,4 +121,4 @@ def scale_by_arithmetic_rms(
   Raises:
     ValueError: if ``eps <= 0``.
   """
-  return scale_by_preconditioner(arithmetic_rms(eps, sparse_counter))
+  return scale_by_preconditioner(arithmetic_rms(eps, sparse_counter, state_dtype))

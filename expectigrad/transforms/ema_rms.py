@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,10 @@ class EmaRmsState(NamedTuple):
 
 
 def ema_rms(
-    decay: float = 0.999, eps: float = 1e-8, bias_correction: bool = True
+    decay: float = 0.999,
+    eps: float = 1e-8,
+    bias_correction: bool = True,
+    state_dtype: Any = None,
 ) -> Preconditioner:
   """The preconditioner ``eps + sqrt(v)``, ``v`` an EMA of squared gradients.
 
@@ -38,6 +41,8 @@ def ema_rms(
     decay: EMA decay of the squared gradients, in [0, 1).
     eps: added to the root mean square; must be > 0.
     bias_correction: divide the EMA by ``1 - decay**t``.
+    state_dtype: dtype of the EMA; None means the parameter's dtype, promoted
+      to at least float32.
 
   Returns:
     A :class:`Preconditioner` with :class:`EmaRmsState`.
@@ -51,14 +56,14 @@ def ema_rms(
   def init(params):
     return EmaRmsState(
         count=_numerics.zero_count(),
-        mean_of_squares=jax.tree.map(jnp.zeros_like, params),
+        mean_of_squares=_numerics.zeros_for_state(params, state_dtype),
     )
 
   def accumulate(gradients, state):
     return EmaRmsState(
         count=_numerics.increment(state.count),
         mean_of_squares=jax.tree.map(
-            lambda v, g: _numerics.ema(v, g * g, decay), state.mean_of_squares, gradients
+            lambda v, g: _numerics.ema(v, jnp.square(g.astype(v.dtype)), decay), state.mean_of_squares, gradients
         ),
     )
 

@@ -51,10 +51,10 @@ def _keeps_buffer(beta: Any) -> bool:
   return not (isinstance(beta, (int, float)) and beta == 0)
 
 
-def _init_momentum(params, beta) -> MomentumState:
+def _init_momentum(params, beta, state_dtype) -> MomentumState:
   return MomentumState(
       count=_numerics.zero_count(),
-      momentum=jax.tree.map(jnp.zeros_like, params) if _keeps_buffer(beta) else None,
+      momentum=_numerics.zeros_for_state(params, state_dtype) if _keeps_buffer(beta) else None,
   )
 
 
@@ -64,16 +64,17 @@ def _update_momentum(updates, state: MomentumState, beta, bias_correction: bool)
   if state.momentum is None:  # beta == 0: the EMA is the update itself.
     return updates, MomentumState(count, None)
   momentum = jax.tree.map(lambda m, u: _numerics.ema(m, u, beta), state.momentum, updates)
-  corrected = momentum
-  if bias_correction:
-    correction = _numerics.bias_correction(beta, count)
-    corrected = jax.tree.map(
-        lambda m: (m / jnp.asarray(correction, m.dtype)).astype(m.dtype), momentum
-    )
+  correction = _numerics.bias_correction(beta, count) if bias_correction else 1.0
+  # The output keeps the incoming updates' dtype; the buffer keeps its own.
+  corrected = jax.tree.map(
+      lambda m, u: (m / jnp.asarray(correction, m.dtype)).astype(u.dtype), momentum, updates
+  )
   return corrected, MomentumState(count, momentum)
 
 
-def outer_momentum(beta: float = 0.9, bias_correction: bool = True) -> optax.GradientTransformation:
+def outer_momentum(
+    beta: float = 0.9, bias_correction: bool = True, state_dtype: Any = None
+) -> optax.GradientTransformation:
   """Bias-corrected EMA of the (already RMS-scaled) updates, Expectigrad's momentum.
 
   Returns ``m_t / (1 - beta**t)`` with ``m_t = beta * m_{t-1} + (1 - beta) * u_t``.
@@ -83,6 +84,8 @@ def outer_momentum(beta: float = 0.9, bias_correction: bool = True) -> optax.Gra
   Args:
     beta: EMA decay, in [0, 1).
     bias_correction: divide by ``1 - beta**t`` (the paper's choice).
+    state_dtype: dtype of the momentum buffer; None means the parameter's
+      dtype, promoted to at least float32.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`MomentumState`.
@@ -93,7 +96,7 @@ def outer_momentum(beta: float = 0.9, bias_correction: bool = True) -> optax.Gra
   _validation.check_unit_interval('beta', beta)
 
   def init_fn(params):
-    return _init_momentum(params, beta)
+    return _init_momentum(params, beta, state_dtype)
 
   def update_fn(updates, state, params=None):
     del params
@@ -103,7 +106,10 @@ def outer_momentum(beta: float = 0.9, bias_correction: bool = True) -> optax.Gra
 
 
 def inner_momentum(
-    preconditioner: Preconditioner, beta: float = 0.9, bias_correction: bool = True
+    preconditioner: Preconditioner,
+    beta: float = 0.9,
+    bias_correction: bool = True,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
   """Ablation: momentum on raw gradients, then division by ``preconditioner``.
 
@@ -122,6 +128,8 @@ def inner_momentum(
     preconditioner: the denominator, e.g. :func:`~expectigrad.transforms.ema_rms`.
     beta: EMA decay of the raw gradients, in [0, 1).
     bias_correction: divide the EMA by ``1 - beta**t``.
+    state_dtype: dtype of the momentum buffer; None means the parameter's
+      dtype, promoted to at least float32.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`InnerMomentumState`.
@@ -132,7 +140,9 @@ def inner_momentum(
   _validation.check_unit_interval('beta', beta)
 
   def init_fn(params):
-    return InnerMomentumState(_init_momentum(params, beta), preconditioner.init(params))
+    return InnerMomentumState(
+        _init_momentum(params, beta, state_dtype), preconditioner.init(params)
+    )
 
   def update_fn(updates, state, params=None):
     del params
