@@ -25,7 +25,7 @@ def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
   """
   def zeros(p):
     dtype = state_dtype or jnp.promote_types(jnp.result_type(p), jnp.float32)
-    return jnp.zeros(jnp.shape(p), dtype)
+    return jnp.zeros_like(p, dtype=dtype)
 
   return jax.tree.map(zeros, params)
 

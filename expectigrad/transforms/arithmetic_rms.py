@@ -60,7 +60,7 @@ def arithmetic_rms(
         count=_numerics.zero_count(),
         sum_of_squares=_numerics.zeros_for_state(params, state_dtype),
         nonzero_count=(
-            jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.int32), params)
+            _numerics.zeros_for_state(params, jnp.int32)
             if sparse_counter
             else None
         ),
