@@ -9,3 +9,16 @@ def x64():
   """Runs the test with 64-bit JAX types, without touching the global setting."""
   with jax.enable_x64(True):
     yield
+
+
+# Hypothesis profiles: "ci" (default, fast) and "full" (>= 1000 property cases
+# in all). Choose with EXPECTIGRAD_PROFILE=full.
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile('ci', max_examples=30, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile('full', max_examples=400, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get('EXPECTIGRAD_PROFILE', 'ci'))
