@@ -77,13 +77,6 @@ def run_benchmarks(frameworks: Sequence[str], workloads: Sequence[str], rounds: 
   return rows
 
 
-def bandwidth_gbps(row) -> float:
-  """The streaming bandwidth a row's lower bound was computed from (each script measures its own)."""
-  common = sys.modules['benchmarks.common']
-  return (common.EXPECTIGRAD_BYTES_PER_ELEMENT * common.num_elements(row.workload)
-          / (row.lower_bound_ms * 1e-3) / 1e9)
-
-
 def bench_table(rows: Sequence) -> str:
   """The merged table: step times, ratio to each framework's Adam, and share of the roofline.
 
@@ -91,10 +84,11 @@ def bench_table(rows: Sequence) -> str:
   move its bytes at the bandwidth measured in the same run; "of roofline" is
   that time over the measured one (100% = as fast as memory allows).
   """
-  common = sys.modules['benchmarks.common']
-  bandwidths = {}
-  for row in rows:
-    bandwidths.setdefault(row.framework, bandwidth_gbps(row))
+  common = import_benchmarks()
+  bandwidths = {}   # each script measures its own; recover it from the lower bound it used
+  for r in rows:
+    bandwidths.setdefault(r.framework, common.EXPECTIGRAD_BYTES_PER_ELEMENT * common.num_elements(r.workload)
+                          / (r.lower_bound_ms * 1e-3) / 1e9)
   header = ('roofline: an Expectigrad step moves '
             f'{common.EXPECTIGRAD_BYTES_PER_ELEMENT} bytes/element; streaming bandwidth measured in '
             'the same run: ' + ', '.join(f'{fw} {gbps:.1f} GB/s' for fw, gbps in bandwidths.items()))

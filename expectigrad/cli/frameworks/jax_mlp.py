@@ -15,12 +15,13 @@ from expectigrad.cli.frameworks import EPSILON, LEARNING_RATES, MOMENTUM
 
 def _optimizer(name: str) -> optax.GradientTransformation:
   lr = LEARNING_RATES[name]
-  return {
-      'expectigrad': lambda: expectigrad.expectigrad(lr, beta=MOMENTUM, eps=EPSILON),
-      'adam': lambda: optax.adam(lr, b1=MOMENTUM, eps=EPSILON),
-      'amsgrad': lambda: optax.amsgrad(lr, b1=MOMENTUM, eps=EPSILON),
-      'sgd+momentum': lambda: optax.sgd(lr, momentum=MOMENTUM),
-  }[name]()
+  if name == 'expectigrad':
+    return expectigrad.expectigrad(lr, beta=MOMENTUM, eps=EPSILON)
+  if name == 'adam':
+    return optax.adam(lr, b1=MOMENTUM, eps=EPSILON)
+  if name == 'amsgrad':
+    return optax.amsgrad(lr, b1=MOMENTUM, eps=EPSILON)
+  return optax.sgd(lr, momentum=MOMENTUM)
 
 
 def _loss_and_accuracy(params, x, y):

@@ -13,6 +13,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import keras  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
+if keras.backend.backend() != 'tensorflow':
+  # Caught by frameworks.load() and reported as "the keras demo is unavailable: ...".
+  raise ImportError(f'it needs KERAS_BACKEND=tensorflow, not {keras.backend.backend()!r}')
+
 from expectigrad.cli.frameworks import EPSILON, LEARNING_RATES, MOMENTUM  # pylint: disable=wrong-import-position
 # Imported here, not lazily, so a missing bridge is reported before training starts.
 from expectigrad.tensorflow2 import Expectigrad  # pylint: disable=wrong-import-position
