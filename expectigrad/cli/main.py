@@ -1,0 +1,138 @@
+"""``expectigrad demo | reddi | bench``: argument parsing and dispatch.
+
+Bad flags and values end with a usage message and exit status 2 (argparse's
+convention); a request the machine cannot serve (a framework that is not
+installed, an output path that is a file, no source checkout for ``bench``)
+ends with a message and status 1. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Sequence
+
+from expectigrad.cli import frameworks as frameworks_lib
+from expectigrad.cli.demo import DEFAULT_STEPS, run_demo
+from expectigrad.cli.errors import CommandError
+from expectigrad.cli.task import DATASETS
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {text!r}')
+  return value
+
+
+def _output_dir(path: pathlib.Path) -> pathlib.Path:
+  """Creates ``path`` if needed, before any minutes are spent training."""
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise CommandError(f'--out {str(path)!r} cannot be used as an output directory: {error.strerror}') from error
+  return path
+
+
+def _demo(args: argparse.Namespace) -> None:
+  run_demo(args.framework, args.dataset, args.steps, _output_dir(args.out), args.seed,
+           progress=not args.no_progress)
+
+
+def _reddi(args: argparse.Namespace) -> None:
+  # pylint: disable=import-outside-toplevel
+  from expectigrad.cli import plots, reddi, tables
+  out = _output_dir(args.out)
+  trajectories = {name: reddi.trajectory(opt, args.steps) for name, opt in reddi.optimizers().items()}
+  title = 'Reddi et al. (2018) online problem: optimum x = -1, worst point x = +1'
+  table = tables.markdown_table(['optimizer', f'x after {args.steps} steps'],
+                                [[name, f'{xs[-1]:+.4f}'] for name, xs in trajectories.items()],
+                                numeric=[False, True])
+  (out / 'reddi.md').write_text(f'{title}\n\n{table}\n')
+  plots.plot_trajectories(trajectories, out / 'reddi.png', title)
+  print(f'{title}\n\n{table}\n\nwrote {out / "reddi.png"} and {out / "reddi.md"}')
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+  from expectigrad.cli import bench  # pylint: disable=import-outside-toplevel
+  workloads = bench.import_benchmarks().WORKLOADS
+  unknown = sorted(set(args.size) - set(workloads))
+  if unknown:   # checked here because the workloads are defined by the checkout's benchmarks
+    parser.error(f'argument --size: invalid choice(s) {unknown} (choose from {sorted(workloads)})')
+  chosen = list(bench.BENCH_MODULES) if args.framework == 'all' else [args.framework]
+  print(bench.bench_table(bench.run_benchmarks(chosen, args.size, args.rounds)))
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+  """The top-level parser and the subcommand parsers by name."""
+  parser = argparse.ArgumentParser(
+      prog='expectigrad',
+      description='Expectigrad (Daley & Amato, arXiv:2010.01356): demos and benchmarks.')
+  commands = parser.add_subparsers(dest='command', required=True, metavar='{demo,reddi,bench}')
+
+  demo = commands.add_parser(
+      'demo', help='train a small MLP with Expectigrad, Adam, AMSGrad and SGD+momentum',
+      description='Trains the same MLP, from the same weights on the same batches, with Expectigrad, '
+                  'Adam, AMSGrad and SGD with momentum; prints a table and writes a PNG of the curves.')
+  demo.add_argument('--framework', choices=[*frameworks_lib.FRAMEWORKS, 'all'], default='jax',
+                    help="'all' runs every installed framework (default: jax)")
+  demo.add_argument('--dataset', choices=DATASETS, default='digits',
+                    help="scikit-learn's bundled digits, or MNIST-1D generated offline (default: digits)")
+  demo.add_argument('--steps', type=_positive_int, default=DEFAULT_STEPS,
+                    help=f'training steps per optimizer (default: {DEFAULT_STEPS})')
+  demo.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'),
+                    help='directory for the PNG and the table (default: ./expectigrad-out)')
+  demo.add_argument('--seed', type=int, default=0, help='seeds split, weights and batches (default: 0)')
+  demo.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+
+  reddi = commands.add_parser(
+      'reddi', help="Reddi et al.'s problem: Adam goes to the worst point, Expectigrad to the optimum",
+      description='The online problem of Reddi et al. (2018) on which Adam converges to the worst '
+                  'point x = +1; Expectigrad converges to the optimum x = -1. Writes a PNG of x over t.')
+  reddi.add_argument('--steps', type=_positive_int, default=3000, help='online rounds (default: 3000)')
+  reddi.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'),
+                     help='directory for the PNG and the table (default: ./expectigrad-out)')
+
+  bench = commands.add_parser(
+      'bench', help='optimizer step times against each framework\'s Adam, and the memory roofline',
+      description='Runs the benchmarks/ scripts of a source checkout and prints one table of step times, '
+                  'ratios to each framework\'s Adam, and the fraction of the memory-bandwidth roofline.')
+  bench.add_argument('--framework', choices=['jax', 'torch', 'tf', 'all'], default='all',
+                     help="'tf' times TF1 and Keras; 'all' skips what is not installed (default: all)")
+  bench.add_argument('--size', nargs='+', default=['W1', 'W2'], metavar='WORKLOAD',
+                     help='W1: one 16.8M-element tensor; W2: ResNet-18 shapes (default: W1 W2)')
+  bench.add_argument('--rounds', type=_positive_int, default=None,
+                     help="interleaved timing rounds (default: each script's own)")
+  return parser, {'demo': demo, 'reddi': reddi, 'bench': bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status.
+
+  Args:
+    argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+  Returns:
+    0 on success, 1 for a request that cannot be served, 130 on Ctrl-C
+    (argparse exits with 2 itself on bad flags).
+  """
+  parser, subparsers = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'demo':
+      _demo(args)
+    elif args.command == 'reddi':
+      _reddi(args)
+    else:
+      _bench(args, subparsers['bench'])
+  except CommandError as error:
+    print(f'expectigrad {args.command}: error: {error}', file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print('interrupted', file=sys.stderr)
+    return 130
+  return 0
