@@ -18,7 +18,6 @@ step on different occasions end up in different buckets.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -200,7 +199,8 @@ class Bucket:
       with x64_scope(self.dtype):
         leaves = [
             jnp.concatenate([leaf[offsets[i]:offsets[i + 1]] for i in indices]) if per_element
-            else leaf
+            # Each half donates its state at every step, so none may share a buffer.
+            else jnp.array(leaf, copy=True)
             for leaf, per_element in zip(jax.tree.leaves(self.state), self.layout.elementwise)
         ]
       halves.append(Bucket([self.params[i] for i in indices], self.layout,
@@ -216,6 +216,3 @@ def expected_state_shapes(param: torch.Tensor, layout: StateLayout) -> dict[str,
           layout.names, layout.elementwise, layout.shared_shapes, layout.dtypes)
   }
 
-
-def numel(shape) -> int:
-  return math.prod(shape)

@@ -14,6 +14,7 @@ variable is unset; it only takes effect if JAX has not used the GPU yet.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from typing import Any, Callable, Iterable, Mapping, Union
 
@@ -33,6 +34,23 @@ if torch.cuda.is_available():
 TORCH_TO_OPTAX_NAMES: Mapping[str, str] = {'lr': 'learning_rate'}
 
 TransformFactory = Callable[..., optax.GradientTransformation]
+
+
+def _accepted_names(transform: Any, defaults: Mapping[str, Any]) -> frozenset[str]:
+  """The factory's keyword names a group may set; other group keys are ignored.
+
+  Groups also carry keys that are not hyperparameters of the transform
+  (``initial_lr`` from LR schedulers, user annotations).
+  """
+  names = {TORCH_TO_OPTAX_NAMES.get(k, k) for k in defaults}
+  if isinstance(transform, optax.GradientTransformation):
+    return frozenset()
+  try:
+    parameters = inspect.signature(transform).parameters.values()
+  except (TypeError, ValueError):  # no signature (some builtins): the defaults only
+    return frozenset(names)
+  return frozenset(names | {p.name for p in parameters if p.kind in (
+      inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)})
 
 
 def _is_traced(value: Any) -> bool:
@@ -85,8 +103,10 @@ class Optimizer(torch.optim.Optimizer):
       raise TypeError('transform must be an optax.GradientTransformation or a factory '
                       f'returning one, got {type(transform).__name__}.')
     self._transform = transform
+    self._accepted = _accepted_names(transform, defaults)
     self._buckets: dict[torch.Tensor, Bucket] = {}
     self._compiled: dict[tuple, tuple[Callable, Callable]] = {}
+    self._facts: dict[tuple, Any] = {}  # per (static, dtype): needs_params, layout
     self._checked: dict[int, tuple] = {}
     super().__init__(params, defaults)
 
@@ -118,6 +138,7 @@ class Optimizer(torch.optim.Optimizer):
     if isinstance(self._transform, optax.GradientTransformation):
       return {}, ()
     named = {TORCH_TO_OPTAX_NAMES.get(k, k): v for k, v in group.items() if k != 'params'}
+    named = {k: v for k, v in named.items() if k in self._accepted}
     traced = {k: float(v) for k, v in named.items() if _is_traced(v)}
     static = tuple(sorted((k, v) for k, v in named.items() if not _is_traced(v)))
     key = (tuple(sorted(traced.items())), static)
@@ -157,7 +178,7 @@ class Optimizer(torch.optim.Optimizer):
     evaluated abstractly with ``params=None`` and fails if they are needed.
     """
     key = ('needs_params', static, bucket_dtype)
-    if key not in self._compiled:
+    if key not in self._facts:
       init, update = self._functions(static)
       jax_dtype = torch.empty((), dtype=bucket_dtype).numpy().dtype
       vector = jax.ShapeDtypeStruct((2,), jax_dtype)
@@ -168,15 +189,15 @@ class Optimizer(torch.optim.Optimizer):
           needs = False
         except Exception:  # pylint: disable=broad-except
           needs = True
-      self._compiled[key] = needs
-    return self._compiled[key]
+      self._facts[key] = needs
+    return self._facts[key]
 
   def _layout(self, static: tuple, hyper: dict, dtype: torch.dtype) -> StateLayout:
     key = ('layout', static, dtype)
-    if key not in self._compiled:
+    if key not in self._facts:
       init, _ = self._functions(static)
-      self._compiled[key] = _torch_bucket.state_layout(init.__wrapped__, hyper, dtype)
-    return self._compiled[key]
+      self._facts[key] = _torch_bucket.state_layout(init.__wrapped__, hyper, dtype)
+    return self._facts[key]
 
   def _new_buckets(self, params: list[torch.Tensor], hyper: dict, static: tuple) -> None:
     """Fresh state for parameters that never stepped, one bucket per dtype and device."""
