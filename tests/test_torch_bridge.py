@@ -300,3 +300,10 @@ def test_bridge_argument_errors():
     Optimizer([x], 'adam')
   with pytest.raises(TypeError, match='floating-point'):
     Optimizer([torch.ones(2, dtype=torch.int64)], optax.sgd(0.1))
+
+
+def test_bad_added_group_raises_and_is_not_added():
+  x, opt = _stepped()
+  with pytest.raises(ValueError, match='learning_rate'):
+    opt.add_param_group({'params': [torch.nn.Parameter(torch.ones(2))], 'lr': -1.0})
+  assert len(opt.param_groups) == 1
