@@ -171,7 +171,7 @@ class Optimizer(torch.optim.Optimizer):
       self._compiled[static] = (jax.jit(init), update)
     return self._compiled[static]
 
-  def _needs_params(self, static: tuple, hyper: dict, bucket_dtype: torch.dtype, layout) -> bool:
+  def _needs_params(self, static: tuple, hyper: dict, bucket_dtype: torch.dtype) -> bool:
     """Whether the chain's update reads the parameters (weight decay, ...).
 
     Parameters are packed into a flat vector only if it does: the update is
@@ -261,7 +261,7 @@ class Optimizer(torch.optim.Optimizer):
     for index, traced, static in plans:
       for bucket in self._active_buckets(index, traced, static):
         _, update = self._functions(static)
-        needs_params = self._needs_params(static, traced, bucket.dtype, bucket.layout)
+        needs_params = self._needs_params(static, traced, bucket.dtype)
         with _torch_bucket.x64_scope(bucket.dtype):
           bucket.step(update, traced, needs_params)
     return loss
