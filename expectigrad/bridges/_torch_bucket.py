@@ -136,12 +136,12 @@ class Bucket:
     return torch.cat([p.detach().reshape(-1) for p in self.params], out=self._param_buffer)
 
   def step(self, update_fn: Callable, hyper: dict, needs_params: bool) -> None:
-    """Runs ``update_fn(hyper, grads, state, params, spare)`` and adds the update in place."""
+    """Runs ``update_fn(hyper, grads, spare, state, params)`` and adds the update in place."""
     grads = jax.dlpack.from_dlpack(self.flat_grads())
     params = jax.dlpack.from_dlpack(self.flat_params()) if needs_params else None
     if self._spare_update is None:
       self._spare_update = jnp.empty(self.num_elements, grads.dtype, device=grads.device)
-    updates, self.state = update_fn(hyper, grads, self.state, params, self._spare_update)
+    updates, self.state = update_fn(hyper, grads, self._spare_update, self.state, params)
     self._spare_update = None
     flat_update = torch.from_dlpack(updates)
     if len(self.params) == 1:
