@@ -38,7 +38,9 @@ def expectigrad(
       global step count (False).
     state_dtype: dtype of the optimizer's float buffers; None means the
       parameter's dtype promoted to at least float32 (bfloat16 and float16
-      parameters get float32 state). The counters are always int32.
+      parameters get float32 state, and float32 updates that
+      ``optax.apply_updates`` rounds to the parameter dtype once). The
+      counters are always int32.
 
   Returns:
     An ``optax.GradientTransformation``.

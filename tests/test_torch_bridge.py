@@ -265,15 +265,6 @@ def test_bad_group_edit_raises_and_changes_nothing():
   _assert_unchanged(x, opt, before_x, before_state)
 
 
-def test_sparse_gradient_raises_and_changes_nothing():
-  x, opt = _stepped()
-  before_x, before_state = x.detach().clone(), opt.state_dict()['state']
-  x.grad = torch.ones(4).to_sparse()
-  with pytest.raises(RuntimeError, match='sparse'):
-    opt.step()
-  _assert_unchanged(x, opt, before_x, before_state)
-
-
 @pytest.mark.parametrize('corrupt,match', [
     (lambda sd: sd['state'][0].__setitem__('1.momentum', torch.zeros(5)), 'shape'),
     (lambda sd: sd['state'][0].__setitem__('0.count', torch.zeros((), dtype=torch.float32)), 'dtype'),

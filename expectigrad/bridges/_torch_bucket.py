@@ -47,6 +47,16 @@ class StateLayout(NamedTuple):
   treedef: Any
 
 
+def to_jax_dtype(dtype: torch.dtype) -> np.dtype:
+  """torch dtype -> numpy/JAX dtype; by name, since numpy has no bfloat16 of its own."""
+  return jnp.dtype(str(dtype).removeprefix('torch.'))
+
+
+def to_torch_dtype(dtype: Any) -> torch.dtype:
+  """numpy/JAX dtype (bfloat16 included) -> torch dtype."""
+  return getattr(torch, np.dtype(dtype).name)
+
+
 def x64_scope(dtype: torch.dtype):
   """JAX's 64-bit mode for float64 parameters only, leaving the global setting alone."""
   return jax.enable_x64(True) if dtype == torch.float64 else contextlib.nullcontext()
@@ -68,7 +78,7 @@ def state_layout(init: Callable[[Any, jax.Array], Any], hyper: dict, dtype: torc
   A leaf is elementwise if its shape changes with the vector's length, so
   the layout is found by abstract evaluation at two lengths.
   """
-  jax_dtype = torch.empty((), dtype=dtype).numpy().dtype
+  jax_dtype = to_jax_dtype(dtype)
   with x64_scope(dtype):
     shapes = [
         jax.eval_shape(init, hyper, jax.ShapeDtypeStruct((length,), jax_dtype))
@@ -119,8 +129,14 @@ class Bucket:
     self._spare_update: jax.Array | None = None
 
   def flat_grads(self) -> torch.Tensor:
-    """The gradients as one contiguous, 64-byte-aligned vector (no copy for one tensor)."""
-    grads = [p.grad for p in self.params]
+    """The gradients as one contiguous, 64-byte-aligned vector (no copy for one dense tensor).
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) are densified: ``to_dense``
+    sums duplicate indices before anything is squared, and rows the batch did
+    not touch get gradient 0, which is the dense update rule's semantics (their
+    sum and nonzero count stay put, their momentum decays).
+    """
+    grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in self.params]
     if len(grads) == 1 and _is_importable(grads[0]):
       return grads[0].view(-1)
     if self._grad_buffer is None:

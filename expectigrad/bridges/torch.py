@@ -19,7 +19,6 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Union
 
 import jax
-import numpy
 import optax
 import torch
 
@@ -184,7 +183,7 @@ class Optimizer(torch.optim.Optimizer):
     key = ('needs_params', static, bucket_dtype)
     if key not in self._facts:
       init, update = self._functions(static)
-      jax_dtype = torch.empty((), dtype=bucket_dtype).numpy().dtype
+      jax_dtype = _torch_bucket.to_jax_dtype(bucket_dtype)
       vector = jax.ShapeDtypeStruct((2,), jax_dtype)
       with _torch_bucket.x64_scope(bucket_dtype):
         state = jax.eval_shape(init, hyper, vector)
@@ -246,7 +245,6 @@ class Optimizer(torch.optim.Optimizer):
 
     Raises:
       ValueError: if a group's hyperparameters are invalid (nothing changes).
-      RuntimeError: for sparse gradients (nothing changes).
     """
     loss = None
     if closure is not None:
@@ -256,11 +254,6 @@ class Optimizer(torch.optim.Optimizer):
     plans = []
     for index in range(len(self.param_groups)):
       traced, static = self._hyperparameters(index)
-      for p in self.param_groups[index]['params']:
-        if p.grad is not None and p.grad.is_sparse:
-          raise RuntimeError(
-              f'param_groups[{index}] has a sparse gradient; the optax bridge supports dense '
-              'gradients only (use a dense embedding, e.g. nn.Embedding(sparse=False)).')
       plans.append((index, traced, static))
     for index, traced, static in plans:
       for bucket in self._active_buckets(index, traced, static):
@@ -350,7 +343,7 @@ def _check_param_state(saved_id: Any, tensors: Any, expected: dict) -> None:
     if not isinstance(value, torch.Tensor):
       raise ValueError(f'state[{saved_id!r}][{name!r}] must be a torch.Tensor, '
                        f'got {type(value).__name__}.')
-    want_dtype = torch.from_numpy(numpy.empty(0, dtype)).dtype
+    want_dtype = _torch_bucket.to_torch_dtype(dtype)
     if tuple(value.shape) != shape or value.dtype != want_dtype:
       raise ValueError(f'state[{saved_id!r}][{name!r}] must have shape {shape} and dtype '
                        f'{want_dtype}, got {tuple(value.shape)} and {value.dtype}.')

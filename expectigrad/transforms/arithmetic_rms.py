@@ -88,7 +88,9 @@ def arithmetic_rms(
       # s == 0 wherever n == 0 (both grow only on a nonzero g**2), so dividing
       # by max(n, 1) realises 0/0 := 0 without a select in the fused loop.
       mean_square = s / jnp.maximum(n, 1).astype(s.dtype)
-      return (u / (eps + jnp.sqrt(mean_square))).astype(u.dtype)
+      # In the wider of the two dtypes: bfloat16 gradients with float32 state
+      # give float32 updates, rounded once, when they are applied.
+      return u / (eps + jnp.sqrt(mean_square))
 
     if sparse_counter:
       return jax.tree.map(divide, tree, state.sum_of_squares, state.nonzero_count)

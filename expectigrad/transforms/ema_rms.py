@@ -72,7 +72,7 @@ def ema_rms(
 
     def divide(u, v):
       mean_square = v / jnp.asarray(correction, v.dtype)
-      return (u / (eps + jnp.sqrt(mean_square))).astype(u.dtype)
+      return u / (eps + jnp.sqrt(mean_square))
 
     return jax.tree.map(divide, tree, state.mean_of_squares)
 

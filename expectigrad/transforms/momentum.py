@@ -65,10 +65,9 @@ def _update_momentum(updates, state: MomentumState, beta, bias_correction: bool)
     return updates, MomentumState(count, None)
   momentum = jax.tree.map(lambda m, u: _numerics.ema(m, u, beta), state.momentum, updates)
   correction = _numerics.bias_correction(beta, count) if bias_correction else 1.0
-  # The output keeps the incoming updates' dtype; the buffer keeps its own.
-  corrected = jax.tree.map(
-      lambda m, u: (m / jnp.asarray(correction, m.dtype)).astype(u.dtype), momentum, updates
-  )
+  # In the buffer's dtype: rounding to low-precision updates here would throw
+  # away the precision the float32 buffer keeps.
+  corrected = jax.tree.map(lambda m: m / jnp.asarray(correction, m.dtype), momentum)
   return corrected, MomentumState(count, momentum)
 
 

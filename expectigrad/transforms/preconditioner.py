@@ -25,7 +25,7 @@ class Preconditioner(NamedTuple):
     accumulate: ``(gradients, state) -> state`` folds the raw gradients into
       the statistics (and advances any step counter).
     scale: ``(tree, state) -> tree`` divides ``tree`` elementwise by the
-      denominator that ``state`` describes, keeping each leaf's dtype.
+      denominator that ``state`` describes (in the wider of the two dtypes).
   """
 
   init: Callable[[optax.Params], Any]
