@@ -32,7 +32,8 @@ class StateLeaf(NamedTuple):
   """One array of the flattened optax state.
 
   Attributes:
-    name: readable path inside the state, e.g. ``'0_sum_of_squares'``.
+    name: readable path inside the state, e.g. ``'sum_of_squares'`` or
+      ``'0_count'`` (chain positions kept only where needed to be unique).
     param_index: index of the parameter this leaf mirrors, or None for a
       global leaf such as a step count.
     shape: the leaf's shape.
@@ -124,12 +125,28 @@ class ConvertedChain:
       state = jax.eval_shape(self._make_transform(1.0).init, specs)
     paths_and_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(state)
     index_of_key = {key: i for i, key in enumerate(self._keys)}
-    self.leaves: list[StateLeaf] = []
-    for path, leaf in paths_and_leaves:
+    labels, short_labels, param_indices = [], [], []
+    for path, _ in paths_and_leaves:
       names_on_path = [_key_name(key) for key in path]
-      param_index = next((index_of_key[n] for n in names_on_path if n in index_of_key), None)
-      label = '_'.join(n for n in names_on_path if n not in index_of_key)
-      self.leaves.append(StateLeaf(label, param_index, tuple(leaf.shape), tf.as_dtype(leaf.dtype)))
+      param_indices.append(
+          next((index_of_key[n] for n in names_on_path if n in index_of_key), None)
+      )
+      own = [(n, key) for n, key in zip(names_on_path, path) if n not in index_of_key]
+      labels.append('_'.join(n for n, _ in own) or 'state')
+      # Without the positions in the chain where that is still unambiguous:
+      # 'momentum' rather than '1_momentum', but '0_count' and '1_count'.
+      short_labels.append('_'.join(n for n, key in own if not hasattr(key, 'idx')) or 'state')
+    self.leaves: list[StateLeaf] = [
+        StateLeaf(
+            short if short_labels.count(short) == 1 else label,
+            param_index,
+            tuple(leaf.shape),
+            tf.as_dtype(leaf.dtype),
+        )
+        for (_, leaf), label, short, param_index in zip(
+            paths_and_leaves, labels, short_labels, param_indices
+        )
+    ]
     self._init = tf.function(jax2tf.convert(self._jax_init, with_gradient=False), autograph=False)
     self._update = tf.function(
         jax2tf.convert(self._jax_update, with_gradient=False), autograph=False

@@ -86,11 +86,11 @@ class Optimizer(keras.optimizers.Optimizer):
       initializer = lambda shape, dtype, value=value: value  # noqa: E731
       if leaf.param_index is None:
         variable = self.add_variable(
-            leaf.shape, initializer=initializer, dtype=leaf.dtype.name, name=leaf.name or 'state'
+            leaf.shape, initializer=initializer, dtype=leaf.dtype.name, name=leaf.name
         )
       else:
         variable = self.add_variable_from_reference(
-            variables[leaf.param_index], name=leaf.name or 'state', initializer=initializer
+            variables[leaf.param_index], name=leaf.name, initializer=initializer
         )
       self._state.append(variable)
 
