@@ -184,7 +184,11 @@ class ConvertedChain:
       state: the current state leaves, in the order of :attr:`leaves`.
       learning_rate: scalar tensor or number (ignored by a fixed transform).
     """
-    learning_rate = tf.cast(learning_rate, self.learning_rate_dtype)
+    # tf.cast would round a Python float through float32 first.
+    if tf.is_tensor(learning_rate) or isinstance(learning_rate, tf.Variable):
+      learning_rate = tf.cast(learning_rate, self.learning_rate_dtype)
+    else:
+      learning_rate = tf.constant(learning_rate, self.learning_rate_dtype)
     with jax.enable_x64(self._x64):
       return self._update(list(params), list(gradients), list(state), learning_rate)
 

@@ -38,7 +38,7 @@ class Optimizer(tf.compat.v1.train.Optimizer):
   Each ``apply_gradients`` call runs the chain once over its variables;
   ``tf.IndexedSlices`` gradients are densified first (duplicate indices summed,
   untouched rows get a zero gradient, exactly the dense semantics). The chain
-  sees the parameters as a dict keyed by the variables' op names. One
+  sees the parameters as a dict keyed by the variables' names. One
   optimizer serves one list of variables (the chain's step counts are shared
   by all of them); make one optimizer per list.
 
@@ -82,7 +82,7 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       return self._chain
     self._chain = _tf_chain.ConvertedChain(
         self._transform,
-        names=[v.op.name for v in var_list],
+        names=[v.name.split(':')[0] for v in var_list],
         shapes=[tuple(v.shape.as_list()) for v in var_list],
         dtypes=[v.dtype.base_dtype for v in var_list],
     )
