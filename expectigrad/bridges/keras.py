@@ -77,22 +77,22 @@ class Optimizer(keras.optimizers.Optimizer):
         dtypes=[tf.as_dtype(variable.dtype) for variable in variables],
     )
     # The chain's init may depend on parameter values (e.g. lookahead), so it
-    # runs on the current values; init_scope lifts it out of any tf.function
-    # that triggered the build.
+    # runs on the current values. init_scope creates the variables eagerly even
+    # when the first apply_gradients (inside a tf.function) builds the
+    # optimizer: XLA cannot lift variables initialised from such values.
     with tf.init_scope():
       initial = self._chain.init([variable.value for variable in variables])
-    self._state = []
-    for leaf, value in zip(self._chain.leaves, initial):
-      initializer = lambda shape, dtype, value=value: value  # noqa: E731
-      if leaf.param_index is None:
-        variable = self.add_variable(
-            leaf.shape, initializer=initializer, dtype=leaf.dtype.name, name=leaf.name
-        )
-      else:
-        variable = self.add_variable_from_reference(
-            variables[leaf.param_index], name=leaf.name, initializer=initializer
-        )
-      self._state.append(variable)
+      self._state = [self._add_state_variable(leaf, value, variables)
+                     for leaf, value in zip(self._chain.leaves, initial)]
+
+  def _add_state_variable(self, leaf: _tf_chain.StateLeaf, value: tf.Tensor, variables):
+    name = leaf.name
+    if leaf.param_index is not None:  # named like Keras's slots: '<variable path>_<slot>'
+      name = f"{variables[leaf.param_index].path.replace('/', '_')}_{leaf.name}"
+    # Not add_variable_from_reference: a counter is int32 whatever the parameter's dtype.
+    return self.add_variable(
+        leaf.shape, initializer=lambda shape, dtype: value, dtype=leaf.dtype.name, name=name
+    )
 
   def _backend_update_step(self, grads, trainable_variables, learning_rate):
     """Runs the chain once over all built variables (replaces the per-variable loop)."""
