@@ -7,12 +7,9 @@ A thin specialisation of :class:`expectigrad.bridges.tf1.Optimizer` over
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from expectigrad import _validation
-from expectigrad.alias import expectigrad
-from expectigrad.bridges import tf1
+from expectigrad.bridges import _tf_chain, tf1
 
 
 class ExpectigradOptimizer(tf1.Optimizer):
@@ -48,11 +45,8 @@ class ExpectigradOptimizer(tf1.Optimizer):
       use_locking: bool = False,
       name: str = 'Expectigrad',
   ):
-    _validation.check_positive('learning_rate', learning_rate)
-    _validation.check_unit_interval('beta', beta)
-    _validation.check_positive('epsilon', epsilon)
     super().__init__(
-        functools.partial(expectigrad, beta=beta, eps=epsilon, sparse_counter=sparse_counter),
+        _tf_chain.expectigrad_factory(learning_rate, beta, epsilon, sparse_counter),
         learning_rate=learning_rate,
         use_locking=use_locking,
         name=name,

@@ -7,14 +7,12 @@ A thin specialisation of :class:`expectigrad.bridges.keras.Optimizer` over
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import keras
 from keras import ops
 
-from expectigrad import _validation
-from expectigrad.alias import expectigrad
+from expectigrad.bridges import _tf_chain
 from expectigrad.bridges import keras as keras_bridge
 
 
@@ -56,13 +54,10 @@ class Expectigrad(keras_bridge.Optimizer):
   ):
     learning_rate = kwargs.pop('lr', learning_rate)
     decay = kwargs.pop('decay', 0.0) or 0.0
-    _validation.check_positive('learning_rate', learning_rate)
-    _validation.check_unit_interval('beta', beta)
-    _validation.check_positive('epsilon', epsilon)
     if not decay >= 0:
       raise ValueError(f'decay must be a number >= 0, got {decay!r}.')
     super().__init__(
-        functools.partial(expectigrad, beta=beta, eps=epsilon, sparse_counter=sparse_counter),
+        _tf_chain.expectigrad_factory(learning_rate, beta, epsilon, sparse_counter),
         learning_rate=learning_rate,
         name=name,
         **kwargs,

@@ -84,6 +84,9 @@ class Optimizer(keras.optimizers.Optimizer):
       initial = self._chain.init([variable.value for variable in variables])
       self._state = [self._add_state_variable(leaf, value, variables)
                      for leaf, value in zip(self._chain.leaves, initial)]
+    self._step = self._chain.assigning_step(
+        [variable.value for variable in variables], [variable.value for variable in self._state]
+    )
 
   def _add_state_variable(self, leaf: _tf_chain.StateLeaf, value: tf.Tensor, variables):
     name = leaf.name
@@ -105,14 +108,6 @@ class Optimizer(keras.optimizers.Optimizer):
           if gradient is None
           else _tf_chain.dense_gradient(gradient, variable.value)
       )
-    new_params, new_state = self._chain.update(
-        [variable.value for variable in self._trainable_variables],
-        gradients,
-        [variable.value for variable in self._state],
-        learning_rate,
-    )
-    for variable, value in zip(self._trainable_variables, new_params):
-      if self._var_key(variable) in present:
-        variable.assign(value)
-    for variable, value in zip(self._state, new_state):
-      variable.assign(value)
+    frozen = tuple(i for i, variable in enumerate(self._trainable_variables)
+                   if self._var_key(variable) not in present)
+    self._step(gradients, self._chain.learning_rate_tensor(learning_rate), frozen)
