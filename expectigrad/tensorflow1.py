@@ -1,0 +1,53 @@
+"""Expectigrad as a TF1 optimizer: ``expectigrad.tensorflow1.ExpectigradOptimizer``.
+
+A thin specialisation of :class:`expectigrad.bridges.tf1.Optimizer` over
+:func:`expectigrad.expectigrad`, for ``tf.compat.v1`` graphs and Sessions
+(ref or resource variables) and for eager use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from expectigrad.bridges import _tf_chain, tf1
+
+
+class ExpectigradOptimizer(tf1.Optimizer):
+  """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356) for TF1.
+
+  Example::
+
+    train_op = expectigrad.tensorflow1.ExpectigradOptimizer(1e-3).minimize(loss)
+
+  Its slots are ``sum_of_squares``, ``nonzero_count`` (with ``sparse_counter``)
+  and ``momentum`` (with ``beta > 0``).
+
+  Args:
+    learning_rate: a number > 0, a scalar tensor, or a callable returning one.
+    beta: momentum decay in [0, 1); 0 keeps no momentum slot.
+    epsilon: added to the root mean square; must be > 0.
+    sparse_counter: count nonzero gradients per element (True) or use the
+      global step count (False).
+    use_locking: use locking in the assignments of the results.
+    name: the optimizer's name.
+
+  Raises:
+    ValueError: if a numeric ``learning_rate`` is not > 0, ``beta`` is
+      outside [0, 1) or ``epsilon <= 0``.
+  """
+
+  def __init__(
+      self,
+      learning_rate: Any = 0.001,
+      beta: float = 0.9,
+      epsilon: float = 1e-8,
+      sparse_counter: bool = True,
+      use_locking: bool = False,
+      name: str = 'Expectigrad',
+  ):
+    super().__init__(
+        _tf_chain.expectigrad_factory(learning_rate, beta, epsilon, sparse_counter),
+        learning_rate=learning_rate,
+        use_locking=use_locking,
+        name=name,
+    )

@@ -1,0 +1,84 @@
+"""Expectigrad as a Keras 3 optimizer: ``expectigrad.tensorflow2.Expectigrad``.
+
+A thin specialisation of :class:`expectigrad.bridges.keras.Optimizer` over
+:func:`expectigrad.expectigrad`, registered as Keras-serializable so a saved
+``.keras`` model reloads with its optimizer state and no ``custom_objects``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from expectigrad.bridges import _tf_chain
+from expectigrad.bridges import keras as keras_bridge
+
+
+@keras.saving.register_keras_serializable(package='expectigrad')
+class Expectigrad(keras_bridge.Optimizer):
+  """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356) for Keras 3.
+
+  Example::
+
+    model.compile(optimizer=expectigrad.tensorflow2.Expectigrad(1e-3), loss=...)
+
+  Args:
+    learning_rate: a float > 0, a ``keras.optimizers.schedules.LearningRateSchedule``
+      or a zero-argument callable.
+    beta: momentum decay in [0, 1); 0 keeps no momentum buffer.
+    epsilon: added to the root mean square; must be > 0.
+    sparse_counter: count nonzero gradients per element (True) or use the
+      global step count (False).
+    name: the optimizer's name.
+    **kwargs: ``lr`` (alias of ``learning_rate``), ``decay`` (inverse-time
+      decay ``learning_rate / (1 + decay * iterations)``, from the 2020 tf.keras
+      package), and Keras's own optimizer arguments (``clipnorm``,
+      ``clipvalue``, ``global_clipnorm``, ``weight_decay``,
+      ``gradient_accumulation_steps``, ...).
+
+  Raises:
+    ValueError: if a numeric learning rate is not > 0, ``beta`` is outside
+      [0, 1), ``epsilon <= 0`` or ``decay < 0``.
+  """
+
+  def __init__(
+      self,
+      learning_rate: Any = 0.001,
+      beta: float = 0.9,
+      epsilon: float = 1e-8,
+      sparse_counter: bool = True,
+      name: str = 'Expectigrad',
+      **kwargs,
+  ):
+    learning_rate = kwargs.pop('lr', learning_rate)
+    decay = kwargs.pop('decay', 0.0) or 0.0
+    if not decay >= 0:
+      raise ValueError(f'decay must be a number >= 0, got {decay!r}.')
+    super().__init__(
+        _tf_chain.expectigrad_factory(learning_rate, beta, epsilon, sparse_counter),
+        learning_rate=learning_rate,
+        name=name,
+        **kwargs,
+    )
+    self.beta = beta
+    self.epsilon = epsilon
+    self.sparse_counter = sparse_counter
+    self.decay = decay
+
+  def _get_current_learning_rate(self):
+    learning_rate = super()._get_current_learning_rate()
+    if not self.decay:
+      return learning_rate
+    # iterations counts completed steps: the first step uses the undecayed rate.
+    iterations = ops.cast(self.iterations, 'float32')
+    return ops.cast(learning_rate, 'float32') / (1.0 + self.decay * iterations)
+
+  def get_config(self) -> dict[str, Any]:
+    """The constructor arguments: ``Expectigrad.from_config(config)`` rebuilds it."""
+    config = super().get_config()
+    config.update(
+        beta=self.beta, epsilon=self.epsilon, sparse_counter=self.sparse_counter, decay=self.decay
+    )
+    return config
