@@ -33,3 +33,23 @@ def test_ci_runs_exactly_the_readme_test_command():
   assert match, 'README.md must give the test command under "Run the tests:"'
   ci_lines = (ROOT / '.ci' / 'run').read_text().splitlines()
   assert match.group(1) in ci_lines
+
+
+@pytest.mark.parametrize('module,name,signature', [
+    ('expectigrad.pytorch', 'Expectigrad',
+     '(params, lr=0.001, beta=0.9, eps=1e-08, sparse_counter=True)'),
+    ('expectigrad.tensorflow1', 'ExpectigradOptimizer',
+     "(learning_rate=0.001, beta=0.9, epsilon=1e-08, sparse_counter=True, use_locking=False, "
+     "name='Expectigrad')"),
+    ('expectigrad.tensorflow2', 'Expectigrad',
+     "(learning_rate=0.001, beta=0.9, epsilon=1e-08, sparse_counter=True, name='Expectigrad', "
+     "**kwargs)"),
+])
+def test_published_signatures_are_the_contract(module, name, signature):
+  import importlib
+  import inspect
+  cls = getattr(importlib.import_module(module), name)
+  # Annotations are free to change; names, order, kinds and defaults are the contract.
+  parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+  bare = [p.replace(annotation=inspect.Parameter.empty) for p in parameters]
+  assert '(' + ', '.join(map(str, bare)) + ')' == signature
