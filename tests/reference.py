@@ -31,9 +31,10 @@ class ExpectigradReference:
       self.n = self.n + np.sign(g**2)
     else:
       self.n = np.full_like(self.x, self.t)
+    # Non-finite gradients are allowed (they propagate); keep numpy quiet about them.
     with np.errstate(invalid='ignore', divide='ignore'):
       mean = np.where(self.n > 0, self.s / self.n, 0.0)  # 0/0 := 0
-    scaled = g / (self.eps + np.sqrt(mean))
+      scaled = g / (self.eps + np.sqrt(mean))
     self.m = self.beta * self.m + (1 - self.beta) * scaled
     self.x = self.x - self.lr / (1 - self.beta**self.t) * self.m
     return self.x
