@@ -102,7 +102,8 @@ class Optimizer(tf.compat.v1.train.Optimizer):
     return self._chain
 
   def _state_variables(self, var_list) -> list:
-    graph = None if tf.executing_eagerly() else var_list[0].graph
+    # As TF1 keys its non-slot variables: eager programs (tf.function included) have one graph.
+    graph = None if tf.compat.v1.executing_eagerly_outside_functions() else var_list[0].graph
     return [
         self._get_non_slot_variable(leaf.name, graph)
         if leaf.param_index is None
