@@ -214,24 +214,24 @@ class ConvertedChain:
     with jax.enable_x64(self._x64):
       return self._update(list(params), list(gradients), list(state), learning_rate)
 
-  def assigning_step(self, params: Sequence[tf.Variable], state: Sequence[tf.Variable]) -> Callable:
+  def assigning_step(self) -> Callable:
     """A ``tf.function(jit_compile=True)`` that reads, updates and assigns resource variables.
 
     One XLA cluster around the whole step lets XLA update the variables in
     place; run outside a cluster, the converted op's outputs are fresh buffers
     that the assignments then copy (measured ~4x slower in a TF1 Session).
-    Inside a caller's ``jit_compile=True`` function it is inlined.
-
-    Args:
-      params: the parameter variables, in the order of ``names``.
-      state: the state variables, in the order of :attr:`leaves`.
+    Inside a caller's ``jit_compile=True`` function it is inlined. The
+    variables are arguments rather than captures, so under ``tf.distribute``
+    the same step updates each device's copies of mirrored variables.
 
     Returns:
-      ``step(gradients, learning_rate, frozen=()) -> True``: ``frozen`` holds
-      indices of parameters that are not assigned (their state still is).
+      ``step(params, state, gradients, learning_rate, frozen=()) -> True``:
+      ``params`` and ``state`` are the variables in the order of ``names`` and
+      :attr:`leaves`; ``frozen`` holds indices of parameters that are not
+      assigned (their state still is).
     """
 
-    def step(gradients, learning_rate, frozen=()):
+    def step(params, state, gradients, learning_rate, frozen=()):
       new_params, new_state = self.update(
           [v.read_value() for v in params], gradients, [v.read_value() for v in state], learning_rate
       )

@@ -133,8 +133,8 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       if all(_is_resource(v) for v in var_list + state):
         # One XLA cluster updates the variables in place (4x faster than below).
         if self._step is None:
-          self._step = chain.assigning_step(var_list, state)
-        assignments = [self._step(gradients, learning_rate)]
+          self._step = chain.assigning_step()
+        assignments = [self._step(var_list, state, gradients, learning_rate)]
       else:  # ref variables cannot enter a tf.function: assign the converted op's results.
         new_params, new_state = chain.update(
             [tf.convert_to_tensor(v) for v in var_list],
