@@ -136,6 +136,16 @@ def test_variable_without_gradient_is_left_alone():
   assert not np.allclose(a.numpy(), [1.0, 2.0])
 
 
+def test_state_variables_are_named_after_their_variable_and_slot():
+  a = keras.Variable([1.0, 2.0], name='a')
+  b = keras.Variable([3.0], name='b')
+  opt = Expectigrad(0.1)
+  opt.build([a, b])
+  names = {v.name for v in opt.variables} - {'iteration', 'learning_rate'}
+  assert names == {'0_count', '1_count'} | {
+      f'{v}_{slot}' for v in 'ab' for slot in ('sum_of_squares', 'nonzero_count', 'momentum')}
+
+
 def test_get_config_holds_exactly_the_constructor_arguments():
   opt = Expectigrad(0.01, beta=0.5, epsilon=1e-6, sparse_counter=False, decay=0.1, clipnorm=2.0)
   config = opt.get_config()

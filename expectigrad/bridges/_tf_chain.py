@@ -155,9 +155,11 @@ class ConvertedChain:
       # Without the positions in the chain where that is still unambiguous:
       # 'momentum' rather than '1_momentum', but '0_count' and '1_count'.
       short_labels.append('_'.join(n for n, key in own if not hasattr(key, 'idx')) or 'state')
+    # A name needs to be unique among the leaves of one variable (or among the global ones).
+    short_keys = list(zip(short_labels, param_indices))
     self.leaves: list[StateLeaf] = [
         StateLeaf(
-            short if short_labels.count(short) == 1 else label,
+            short if short_keys.count((short, param_index)) == 1 else label,
             param_index,
             tuple(leaf.shape),
             tf.as_dtype(leaf.dtype),
