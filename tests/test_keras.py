@@ -125,15 +125,21 @@ def test_gradient_accumulation_steps_average_before_the_chain():
   assert reference.max_relative_error(x.numpy(), expected.x) < 1e-10
 
 
-def test_variable_without_gradient_is_left_alone():
+def test_variable_without_gradient_is_left_alone_with_its_state():
   a = keras.Variable([1.0, 2.0])
   b = keras.Variable([3.0])
   opt = Expectigrad(0.1)
   opt.build([a, b])
+  opt.apply_gradients([(tf.constant([1.0, -1.0]), a), (tf.constant([2.0]), b)])
+  b_before, b_state = b.numpy(), {v.name: v.numpy() for v in opt.variables if v.name.startswith('b_')}
+  a_before = a.numpy()
   with pytest.warns(UserWarning, match='Gradients do not exist'):
     opt.apply_gradients([(tf.constant([1.0, -1.0]), a), (None, b)])
-  np.testing.assert_array_equal(b.numpy(), [3.0])
-  assert not np.allclose(a.numpy(), [1.0, 2.0])
+  assert not np.allclose(a.numpy(), a_before)
+  np.testing.assert_array_equal(b.numpy(), b_before)
+  assert len(b_state) == 3  # its sums of squares, counter and momentum did not move
+  for name, value in b_state.items():
+    np.testing.assert_array_equal(next(v for v in opt.variables if v.name == name).numpy(), value)
 
 
 def test_state_variables_are_named_after_their_variable_and_slot():

@@ -229,8 +229,9 @@ class ConvertedChain:
     Returns:
       ``step(params, state, gradients, learning_rate, frozen=()) -> True``:
       ``params`` and ``state`` are the variables in the order of ``names`` and
-      :attr:`leaves`; ``frozen`` holds indices of parameters that are not
-      assigned (their state still is).
+      :attr:`leaves`; ``frozen`` holds indices of parameters that are left
+      untouched, with the state leaves that mirror them (global leaves such
+      as step counts still advance).
     """
 
     def step(params, state, gradients, learning_rate, frozen=()):
@@ -240,8 +241,9 @@ class ConvertedChain:
       for i, (variable, value) in enumerate(zip(params, new_params)):
         if i not in frozen:
           variable.assign(value)
-      for variable, value in zip(state, new_state):
-        variable.assign(value)
+      for leaf, variable, value in zip(self.leaves, state, new_state):
+        if leaf.param_index not in frozen:
+          variable.assign(value)
       return tf.constant(True)  # something a TF1 graph can depend on
 
     return tf.function(step, jit_compile=True, autograph=False)

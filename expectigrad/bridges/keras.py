@@ -35,8 +35,7 @@ class Optimizer(keras.optimizers.Optimizer):
   state lives in Keras variables made in :meth:`build`: one per state array
   that mirrors a parameter (named ``<variable path>_<state path>``) and one
   per global array (step counts). A trainable variable that receives no
-  gradient is not changed; its optimizer state advances as for a zero
-  gradient. ``tf.IndexedSlices`` gradients are densified (duplicate rows summed).
+  gradient is skipped with its optimizer state, as in ``torch.optim``. ``tf.IndexedSlices`` gradients are densified (duplicate rows summed).
 
   Args:
     transform: an ``optax.GradientTransformation`` used as is (it carries its
