@@ -126,8 +126,8 @@ def test_gradient_accumulation_steps_average_before_the_chain():
 
 
 def test_variable_without_gradient_is_left_alone_with_its_state():
-  a = keras.Variable([1.0, 2.0])
-  b = keras.Variable([3.0])
+  a = keras.Variable([1.0, 2.0], name='a')
+  b = keras.Variable([3.0], name='b')
   opt = Expectigrad(0.1)
   opt.build([a, b])
   opt.apply_gradients([(tf.constant([1.0, -1.0]), a), (tf.constant([2.0]), b)])
