@@ -101,6 +101,17 @@ class Optimizer(tf.compat.v1.train.Optimizer):
           self._get_or_make_slot(var_list[leaf.param_index], value, leaf.name, self._name)
     return self._chain
 
+  def _create_or_restore_slot_variable(self, slot_variable_position, slot_name, variable):
+    """Defers restoring a checkpointed slot until the chain creates it.
+
+    Eagerly, TF1 would create a missing slot right away with its variable's
+    dtype, which cannot hold an int32 counter; under a variable creator scope
+    it defers instead, and :meth:`_get_or_make_slot` restores the value when
+    the first ``apply_gradients`` creates the slot with its own dtype.
+    """
+    with tf.variable_creator_scope(lambda next_creator, **kwargs: next_creator(**kwargs)):
+      super()._create_or_restore_slot_variable(slot_variable_position, slot_name, variable)
+
   def _state_variables(self, var_list) -> list:
     # As TF1 keys its non-slot variables: eager programs (tf.function included) have one graph.
     graph = None if tf.compat.v1.executing_eagerly_outside_functions() else var_list[0].graph
