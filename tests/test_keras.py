@@ -1,6 +1,9 @@
 """The Keras 3 optimizers: reference parity (eager, tf.function, XLA), fit, saving, chains."""
 
 import inspect
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -244,3 +247,25 @@ def test_saved_model_resumes_identically(trained, digits):
     m.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0)
   for a, b in zip(model.weights, restored.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_load_model_in_a_fresh_process_needs_the_module_imported(trained):
+  """Keras imports only its own packages while loading: ``import expectigrad.tensorflow2`` registers the class."""
+  model, _, path = trained
+  script = textwrap.dedent(f'''
+      import keras, numpy as np
+      try:
+        keras.models.load_model({str(path)!r})
+      except TypeError as error:
+        print('without import:', 'Could not locate class' in str(error))
+      import expectigrad.tensorflow2  # registers 'expectigrad>Expectigrad'
+      restored = keras.models.load_model({str(path)!r})
+      print(type(restored.optimizer).__name__, int(restored.optimizer.iterations),
+            float(sum(np.abs(v.numpy()).sum() for v in restored.optimizer.variables)))
+  ''')
+  out = subprocess.run([sys.executable, '-c', script], check=True, capture_output=True, text=True)
+  without, loaded = out.stdout.strip().splitlines()[-2:]
+  assert without == 'without import: True'
+  name, iterations, total = loaded.split()
+  assert name == 'Expectigrad' and int(iterations) == int(model.optimizer.iterations)
+  assert float(total) == float(sum(np.abs(v.numpy()).sum() for v in model.optimizer.variables))
