@@ -251,7 +251,8 @@ def test_saved_model_resumes_identically(trained, digits):
 
 def test_load_model_in_a_fresh_process_needs_the_module_imported(trained):
   """Keras imports only its own packages while loading: ``import expectigrad.tensorflow2`` registers the class."""
-  model, _, path = trained
+  _, _, path = trained
+  saved = keras.models.load_model(path)  # the model may have trained on since it was saved
   script = textwrap.dedent(f'''
       import keras, numpy as np
       try:
@@ -267,5 +268,5 @@ def test_load_model_in_a_fresh_process_needs_the_module_imported(trained):
   without, loaded = out.stdout.strip().splitlines()[-2:]
   assert without == 'without import: True'
   name, iterations, total = loaded.split()
-  assert name == 'Expectigrad' and int(iterations) == int(model.optimizer.iterations)
-  assert float(total) == float(sum(np.abs(v.numpy()).sum() for v in model.optimizer.variables))
+  assert name == 'Expectigrad' and int(iterations) == int(saved.optimizer.iterations) > 0
+  assert float(total) == float(sum(np.abs(v.numpy()).sum() for v in saved.optimizer.variables))

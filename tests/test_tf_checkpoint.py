@@ -34,12 +34,13 @@ def _tf1_run(units=2):
 
 def _values(objects) -> list[np.ndarray]:
   """The variable and every optimizer variable, as numpy (TF1 slots included)."""
-  opt = objects['optimizer']
-  if isinstance(opt, ExpectigradOptimizer):
-    state = opt.variables()
+  opt, x = objects['optimizer'], objects['x']
+  if isinstance(opt, ExpectigradOptimizer):  # its variables() are sorted by (non-unique) names
+    state = [opt.get_slot(x, name) for name in sorted(opt.get_slot_names())]
+    state += sorted(opt._non_slot_dict.values(), key=lambda v: v.name)  # pylint: disable=protected-access
   else:
     state = opt.variables
-  return [objects['x'].numpy()] + [np.asarray(v) for v in state]
+  return [x.numpy()] + [np.asarray(v) for v in state]
 
 
 RUNS = {'keras': _keras_run, 'tf1': _tf1_run}
