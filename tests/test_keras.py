@@ -1,6 +1,9 @@
 """The Keras 3 optimizers: reference parity (eager, tf.function, XLA), fit, saving, chains."""
 
 import inspect
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -125,15 +128,31 @@ def test_gradient_accumulation_steps_average_before_the_chain():
   assert reference.max_relative_error(x.numpy(), expected.x) < 1e-10
 
 
-def test_variable_without_gradient_is_left_alone():
-  a = keras.Variable([1.0, 2.0])
-  b = keras.Variable([3.0])
+def test_variable_without_gradient_is_left_alone_with_its_state():
+  a = keras.Variable([1.0, 2.0], name='a')
+  b = keras.Variable([3.0], name='b')
   opt = Expectigrad(0.1)
   opt.build([a, b])
+  opt.apply_gradients([(tf.constant([1.0, -1.0]), a), (tf.constant([2.0]), b)])
+  b_before, b_state = b.numpy(), {v.name: v.numpy() for v in opt.variables if v.name.startswith('b_')}
+  a_before = a.numpy()
   with pytest.warns(UserWarning, match='Gradients do not exist'):
     opt.apply_gradients([(tf.constant([1.0, -1.0]), a), (None, b)])
-  np.testing.assert_array_equal(b.numpy(), [3.0])
-  assert not np.allclose(a.numpy(), [1.0, 2.0])
+  assert not np.allclose(a.numpy(), a_before)
+  np.testing.assert_array_equal(b.numpy(), b_before)
+  assert len(b_state) == 3  # its sums of squares, counter and momentum did not move
+  for name, value in b_state.items():
+    np.testing.assert_array_equal(next(v for v in opt.variables if v.name == name).numpy(), value)
+
+
+def test_state_variables_are_named_after_their_variable_and_slot():
+  a = keras.Variable([1.0, 2.0], name='a')
+  b = keras.Variable([3.0], name='b')
+  opt = Expectigrad(0.1)
+  opt.build([a, b])
+  names = {v.name for v in opt.variables} - {'iteration', 'learning_rate'}
+  assert names == {'0_count', '1_count'} | {
+      f'{v}_{slot}' for v in 'ab' for slot in ('sum_of_squares', 'nonzero_count', 'momentum')}
 
 
 def test_get_config_holds_exactly_the_constructor_arguments():
@@ -228,3 +247,26 @@ def test_saved_model_resumes_identically(trained, digits):
     m.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0)
   for a, b in zip(model.weights, restored.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_load_model_in_a_fresh_process_needs_the_module_imported(trained):
+  """Keras imports only its own packages while loading: ``import expectigrad.tensorflow2`` registers the class."""
+  _, _, path = trained
+  saved = keras.models.load_model(path)  # the model may have trained on since it was saved
+  script = textwrap.dedent(f'''
+      import keras, numpy as np
+      try:
+        keras.models.load_model({str(path)!r})
+      except TypeError as error:
+        print('without import:', 'Could not locate class' in str(error))
+      import expectigrad.tensorflow2  # registers 'expectigrad>Expectigrad'
+      restored = keras.models.load_model({str(path)!r})
+      print(type(restored.optimizer).__name__, int(restored.optimizer.iterations),
+            float(sum(np.abs(v.numpy()).sum() for v in restored.optimizer.variables)))
+  ''')
+  out = subprocess.run([sys.executable, '-c', script], check=True, capture_output=True, text=True)
+  without, loaded = out.stdout.strip().splitlines()[-2:]
+  assert without == 'without import: True'
+  name, iterations, total = loaded.split()
+  assert name == 'Expectigrad' and int(iterations) == int(saved.optimizer.iterations) > 0
+  assert float(total) == float(sum(np.abs(v.numpy()).sum() for v in saved.optimizer.variables))

@@ -155,9 +155,11 @@ class ConvertedChain:
       # Without the positions in the chain where that is still unambiguous:
       # 'momentum' rather than '1_momentum', but '0_count' and '1_count'.
       short_labels.append('_'.join(n for n, key in own if not hasattr(key, 'idx')) or 'state')
+    # A name needs to be unique among the leaves of one variable (or among the global ones).
+    short_keys = list(zip(short_labels, param_indices))
     self.leaves: list[StateLeaf] = [
         StateLeaf(
-            short if short_labels.count(short) == 1 else label,
+            short if short_keys.count((short, param_index)) == 1 else label,
             param_index,
             tuple(leaf.shape),
             tf.as_dtype(leaf.dtype),
@@ -214,32 +216,34 @@ class ConvertedChain:
     with jax.enable_x64(self._x64):
       return self._update(list(params), list(gradients), list(state), learning_rate)
 
-  def assigning_step(self, params: Sequence[tf.Variable], state: Sequence[tf.Variable]) -> Callable:
+  def assigning_step(self) -> Callable:
     """A ``tf.function(jit_compile=True)`` that reads, updates and assigns resource variables.
 
     One XLA cluster around the whole step lets XLA update the variables in
     place; run outside a cluster, the converted op's outputs are fresh buffers
     that the assignments then copy (measured ~4x slower in a TF1 Session).
-    Inside a caller's ``jit_compile=True`` function it is inlined.
-
-    Args:
-      params: the parameter variables, in the order of ``names``.
-      state: the state variables, in the order of :attr:`leaves`.
+    Inside a caller's ``jit_compile=True`` function it is inlined. The
+    variables are arguments rather than captures, so under ``tf.distribute``
+    the same step updates each device's copies of mirrored variables.
 
     Returns:
-      ``step(gradients, learning_rate, frozen=()) -> True``: ``frozen`` holds
-      indices of parameters that are not assigned (their state still is).
+      ``step(params, state, gradients, learning_rate, frozen=()) -> True``:
+      ``params`` and ``state`` are the variables in the order of ``names`` and
+      :attr:`leaves`; ``frozen`` holds indices of parameters that are left
+      untouched, with the state leaves that mirror them (global leaves such
+      as step counts still advance).
     """
 
-    def step(gradients, learning_rate, frozen=()):
+    def step(params, state, gradients, learning_rate, frozen=()):
       new_params, new_state = self.update(
           [v.read_value() for v in params], gradients, [v.read_value() for v in state], learning_rate
       )
       for i, (variable, value) in enumerate(zip(params, new_params)):
         if i not in frozen:
           variable.assign(value)
-      for variable, value in zip(state, new_state):
-        variable.assign(value)
+      for leaf, variable, value in zip(self.leaves, state, new_state):
+        if leaf.param_index not in frozen:
+          variable.assign(value)
       return tf.constant(True)  # something a TF1 graph can depend on
 
     return tf.function(step, jit_compile=True, autograph=False)

@@ -35,8 +35,7 @@ class Optimizer(keras.optimizers.Optimizer):
   state lives in Keras variables made in :meth:`build`: one per state array
   that mirrors a parameter (named ``<variable path>_<state path>``) and one
   per global array (step counts). A trainable variable that receives no
-  gradient is not changed; its optimizer state advances as for a zero
-  gradient. ``tf.IndexedSlices`` gradients are densified (duplicate rows summed).
+  gradient is skipped with its optimizer state, as in ``torch.optim``. ``tf.IndexedSlices`` gradients are densified (duplicate rows summed).
 
   Args:
     transform: an ``optax.GradientTransformation`` used as is (it carries its
@@ -84,9 +83,7 @@ class Optimizer(keras.optimizers.Optimizer):
       initial = self._chain.init([variable.value for variable in variables])
       self._state = [self._add_state_variable(leaf, value, variables)
                      for leaf, value in zip(self._chain.leaves, initial)]
-    self._step = self._chain.assigning_step(
-        [variable.value for variable in variables], [variable.value for variable in self._state]
-    )
+    self._step = self._chain.assigning_step()
 
   def _add_state_variable(self, leaf: _tf_chain.StateLeaf, value: tf.Tensor, variables):
     name = leaf.name
@@ -98,8 +95,17 @@ class Optimizer(keras.optimizers.Optimizer):
     )
 
   def _backend_update_step(self, grads, trainable_variables, learning_rate):
-    """Runs the chain once over all built variables (replaces the per-variable loop)."""
-    present = {self._var_key(v): g for g, v in zip(grads, trainable_variables)}
+    """Runs the chain once over all built variables (replaces the per-variable loop).
+
+    Under a ``tf.distribute`` strategy this runs in each replica: the
+    gradients are summed over the replicas (Keras's losses are already
+    divided by their number), then, as in Keras's own optimizers, a
+    ``merge_call`` switches to cross-replica context, where the step runs once
+    per device on that device's copies of the mirrored variables.
+    """
+    trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+    grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+    present = {self._var_key(v): g for g, v in grads_and_vars if g is not None}
     gradients = []
     for variable in self._trainable_variables:
       gradient = present.get(self._var_key(variable))
@@ -110,4 +116,21 @@ class Optimizer(keras.optimizers.Optimizer):
       )
     frozen = tuple(i for i, variable in enumerate(self._trainable_variables)
                    if self._var_key(variable) not in present)
-    self._step(gradients, self._chain.learning_rate_tensor(learning_rate), frozen)
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        lambda distribution, *args: self._step_on_each_device(distribution, *args, frozen=frozen),
+        self._distribution_strategy,
+        gradients,
+        self._chain.learning_rate_tensor(learning_rate),
+    )
+
+  def _step_on_each_device(self, distribution, gradients, learning_rate, frozen):
+    """Cross-replica context: one step per device, on its local copies of everything."""
+    local = distribution.experimental_local_results
+    params = [local(variable.value) for variable in self._trainable_variables]
+    state = [local(variable.value) for variable in self._state]
+    gradients = [local(gradient) for gradient in gradients]
+    learning_rates = local(learning_rate)
+    for device, rate in enumerate(learning_rates):
+      on_device = lambda values: [v[device] for v in values]  # pylint: disable=cell-var-from-loop
+      with tf.device(params[0][device].device):
+        self._step(on_device(params), on_device(state), on_device(gradients), rate, frozen)

@@ -101,8 +101,20 @@ class Optimizer(tf.compat.v1.train.Optimizer):
           self._get_or_make_slot(var_list[leaf.param_index], value, leaf.name, self._name)
     return self._chain
 
+  def _create_or_restore_slot_variable(self, slot_variable_position, slot_name, variable):
+    """Defers restoring a checkpointed slot until the chain creates it.
+
+    Eagerly, TF1 would create a missing slot right away with its variable's
+    dtype, which cannot hold an int32 counter; under a variable creator scope
+    it defers instead, and :meth:`_get_or_make_slot` restores the value when
+    the first ``apply_gradients`` creates the slot with its own dtype.
+    """
+    with tf.variable_creator_scope(lambda next_creator, **kwargs: next_creator(**kwargs)):
+      super()._create_or_restore_slot_variable(slot_variable_position, slot_name, variable)
+
   def _state_variables(self, var_list) -> list:
-    graph = None if tf.executing_eagerly() else var_list[0].graph
+    # As TF1 keys its non-slot variables: eager programs (tf.function included) have one graph.
+    graph = None if tf.compat.v1.executing_eagerly_outside_functions() else var_list[0].graph
     return [
         self._get_non_slot_variable(leaf.name, graph)
         if leaf.param_index is None
@@ -132,8 +144,8 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       if all(_is_resource(v) for v in var_list + state):
         # One XLA cluster updates the variables in place (4x faster than below).
         if self._step is None:
-          self._step = chain.assigning_step(var_list, state)
-        assignments = [self._step(gradients, learning_rate)]
+          self._step = chain.assigning_step()
+        assignments = [self._step(var_list, state, gradients, learning_rate)]
       else:  # ref variables cannot enter a tf.function: assign the converted op's results.
         new_params, new_state = chain.update(
             [tf.convert_to_tensor(v) for v in var_list],
