@@ -45,7 +45,7 @@ def test_resume_from_npz_is_bit_exact(tmp_path):
 def test_mismatched_checkpoint_names_the_entry(tmp_path):
   opt, params, _ = _setup()
   checkpoint.save(tmp_path / 'small.npz', opt.init({'w': jnp.zeros((2, 2)), 'b': jnp.zeros(3)}))
-  with pytest.raises(ValueError, match=r"sum_of_squares\['w'\] has shape \(2, 2\)"):
+  with pytest.raises(ValueError, match=r"sum_of_squares\['w'\] has shape .* needs shape"):
     checkpoint.load(tmp_path / 'small.npz', like=opt.init(params))
   checkpoint.save(tmp_path / 'other.npz', expectigrad.expectigrad(0.1, sparse_counter=False).init(params))
   with pytest.raises(ValueError, match='does not match the optimizer state: missing'):

@@ -69,7 +69,9 @@ def arithmetic_rms(
   def accumulate(gradients, state):
     # Square in the state's precision: a bfloat16 g**2 would lose most digits.
     squares = jax.tree.map(
-        lambda g, s: jnp.square(g.astype(s.dtype)), gradients, state.sum_of_squares
+        lambda g, s: jnp.square(_numerics.to_state_layout(g, s).astype(s.dtype)),
+        gradients,
+        state.sum_of_squares,
     )
     sum_of_squares = jax.tree.map(jnp.add, state.sum_of_squares, squares)
     nonzero_count = state.nonzero_count
@@ -90,7 +92,8 @@ def arithmetic_rms(
       mean_square = s / jnp.maximum(n, 1).astype(s.dtype)
       # In the wider of the two dtypes: bfloat16 gradients with float32 state
       # give float32 updates, rounded once, when they are applied.
-      return u / (eps + jnp.sqrt(mean_square))
+      scaled = _numerics.to_state_layout(u, s) / (eps + jnp.sqrt(mean_square))
+      return _numerics.to_tree_layout(scaled, u)
 
     if sparse_counter:
       return jax.tree.map(divide, tree, state.sum_of_squares, state.nonzero_count)

@@ -63,7 +63,11 @@ def ema_rms(
     return EmaRmsState(
         count=_numerics.increment(state.count),
         mean_of_squares=jax.tree.map(
-            lambda v, g: _numerics.ema(v, jnp.square(g.astype(v.dtype)), decay), state.mean_of_squares, gradients
+            lambda v, g: _numerics.ema(
+                v, jnp.square(_numerics.to_state_layout(g, v).astype(v.dtype)), decay
+            ),
+            state.mean_of_squares,
+            gradients,
         ),
     )
 
@@ -72,7 +76,8 @@ def ema_rms(
 
     def divide(u, v):
       mean_square = v / jnp.asarray(correction, v.dtype)
-      return u / (eps + jnp.sqrt(mean_square))
+      scaled = _numerics.to_state_layout(u, v) / (eps + jnp.sqrt(mean_square))
+      return _numerics.to_tree_layout(scaled, u)
 
     return jax.tree.map(divide, tree, state.mean_of_squares)
 
