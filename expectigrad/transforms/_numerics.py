@@ -40,8 +40,7 @@ def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
 
   Each buffer has its parameter's shape, or is raveled to 1-D where XLA:CPU
   would not vectorise loops over that shape (a minor dimension below 16 on
-  an unsharded parameter); :func:`to_state_layout` and
-  :func:`to_tree_layout` convert between the two.
+  an unsharded parameter); :func:`reshape_like` converts between the two.
 
   Args:
     params: a pytree of arrays (``None`` leaves stay ``None``).
@@ -62,14 +61,28 @@ def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
   return jax.tree.map(zeros, params)
 
 
-def to_state_layout(x: jax.Array, state: jax.Array) -> jax.Array:
-  """``x`` (shaped like a parameter) in the layout of its state buffer."""
-  return x.reshape(state.shape)
-
-
-def to_tree_layout(x: jax.Array, like: jax.Array) -> jax.Array:
-  """``x`` (in a state buffer's layout) back in the shape of ``like``."""
+def reshape_like(x: jax.Array, like: Any) -> jax.Array:
+  """``x`` reshaped to ``like``'s shape: between a parameter's layout and its state's."""
   return x.reshape(jnp.shape(like))
+
+
+def square_in_state(gradient: jax.Array, state: jax.Array) -> jax.Array:
+  """``gradient**2`` in ``state``'s layout and dtype.
+
+  Squared in the state's precision: a bfloat16 ``g**2`` would lose most digits.
+  """
+  return jnp.square(reshape_like(gradient, state).astype(state.dtype))
+
+
+def divide_by_rms(updates: jax.Array, mean_square: jax.Array, eps: Any) -> jax.Array:
+  """``updates / (eps + sqrt(mean_square))``, shaped like ``updates``.
+
+  ``mean_square`` is in the state's layout. The result is in the wider of the
+  two dtypes: bfloat16 gradients with float32 state give float32 updates,
+  rounded once, when they are applied.
+  """
+  scaled = reshape_like(updates, mean_square) / (eps + jnp.sqrt(mean_square))
+  return reshape_like(scaled, updates)
 
 
 def zero_count() -> jax.Array:

@@ -67,12 +67,7 @@ def arithmetic_rms(
     )
 
   def accumulate(gradients, state):
-    # Square in the state's precision: a bfloat16 g**2 would lose most digits.
-    squares = jax.tree.map(
-        lambda g, s: jnp.square(_numerics.to_state_layout(g, s).astype(s.dtype)),
-        gradients,
-        state.sum_of_squares,
-    )
+    squares = jax.tree.map(_numerics.square_in_state, gradients, state.sum_of_squares)
     sum_of_squares = jax.tree.map(jnp.add, state.sum_of_squares, squares)
     nonzero_count = state.nonzero_count
     if sparse_counter:
@@ -89,11 +84,7 @@ def arithmetic_rms(
     def divide(u, s, n):
       # s == 0 wherever n == 0 (both grow only on a nonzero g**2), so dividing
       # by max(n, 1) realises 0/0 := 0 without a select in the fused loop.
-      mean_square = s / jnp.maximum(n, 1).astype(s.dtype)
-      # In the wider of the two dtypes: bfloat16 gradients with float32 state
-      # give float32 updates, rounded once, when they are applied.
-      scaled = _numerics.to_state_layout(u, s) / (eps + jnp.sqrt(mean_square))
-      return _numerics.to_tree_layout(scaled, u)
+      return _numerics.divide_by_rms(u, s / jnp.maximum(n, 1).astype(s.dtype), eps)
 
     if sparse_counter:
       return jax.tree.map(divide, tree, state.sum_of_squares, state.nonzero_count)

@@ -63,9 +63,7 @@ def ema_rms(
     return EmaRmsState(
         count=_numerics.increment(state.count),
         mean_of_squares=jax.tree.map(
-            lambda v, g: _numerics.ema(
-                v, jnp.square(_numerics.to_state_layout(g, v).astype(v.dtype)), decay
-            ),
+            lambda v, g: _numerics.ema(v, _numerics.square_in_state(g, v), decay),
             state.mean_of_squares,
             gradients,
         ),
@@ -74,12 +72,11 @@ def ema_rms(
   def scale(tree, state):
     correction = _numerics.bias_correction(decay, state.count) if bias_correction else 1.0
 
-    def divide(u, v):
-      mean_square = v / jnp.asarray(correction, v.dtype)
-      scaled = _numerics.to_state_layout(u, v) / (eps + jnp.sqrt(mean_square))
-      return _numerics.to_tree_layout(scaled, u)
-
-    return jax.tree.map(divide, tree, state.mean_of_squares)
+    return jax.tree.map(
+        lambda u, v: _numerics.divide_by_rms(u, v / jnp.asarray(correction, v.dtype), eps),
+        tree,
+        state.mean_of_squares,
+    )
 
   return Preconditioner(init, accumulate, scale)
 

@@ -64,13 +64,13 @@ def _update_momentum(updates, state: MomentumState, beta, bias_correction: bool)
   if state.momentum is None:  # beta == 0: the EMA is the update itself.
     return updates, MomentumState(count, None)
   momentum = jax.tree.map(
-      lambda m, u: _numerics.ema(m, _numerics.to_state_layout(u, m), beta), state.momentum, updates
+      lambda m, u: _numerics.ema(m, _numerics.reshape_like(u, m), beta), state.momentum, updates
   )
   correction = _numerics.bias_correction(beta, count) if bias_correction else 1.0
   # In the buffer's dtype: rounding to low-precision updates here would throw
   # away the precision the float32 buffer keeps.
   corrected = jax.tree.map(
-      lambda m, u: _numerics.to_tree_layout(m / jnp.asarray(correction, m.dtype), u),
+      lambda m, u: _numerics.reshape_like(m / jnp.asarray(correction, m.dtype), u),
       momentum,
       updates,
   )
