@@ -27,6 +27,7 @@ from jax.experimental import jax2tf
 
 from expectigrad import _validation
 from expectigrad.alias import expectigrad
+from expectigrad.bridges._tree_paths import key_name
 
 # A fixed transform, or a factory called with ``learning_rate=<scalar>`` at every step.
 TransformOrFactory = Union[optax.GradientTransformation, Callable[..., optax.GradientTransformation]]
@@ -48,13 +49,6 @@ class StateLeaf(NamedTuple):
   param_index: int | None
   shape: tuple[int, ...]
   dtype: tf.DType
-
-
-def _key_name(key: Any) -> str:
-  for attribute in ('name', 'key', 'idx'):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -146,7 +140,7 @@ class ConvertedChain:
     index_of_key = {key: i for i, key in enumerate(self._keys)}
     labels, short_labels, param_indices = [], [], []
     for path, _ in paths_and_leaves:
-      names_on_path = [_key_name(key) for key in path]
+      names_on_path = [key_name(key) for key in path]
       param_indices.append(
           next((index_of_key[n] for n in names_on_path if n in index_of_key), None)
       )

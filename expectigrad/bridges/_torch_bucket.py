@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from expectigrad.bridges._tree_paths import key_name
+
 # XLA imports a buffer zero-copy only if it is aligned to this many bytes.
 _DLPACK_ALIGNMENT = 64
 
@@ -62,16 +64,6 @@ def x64_scope(dtype: torch.dtype):
   return jax.enable_x64(True) if dtype == torch.float64 else contextlib.nullcontext()
 
 
-def _leaf_name(path) -> str:
-  parts = []
-  for key in path:
-    for attribute in ('name', 'key', 'idx'):
-      if hasattr(key, attribute):
-        parts.append(str(getattr(key, attribute)))
-        break
-  return '.'.join(parts)
-
-
 def state_layout(init: Callable[[Any, jax.Array], Any], hyper: dict, dtype: torch.dtype) -> StateLayout:
   """Describes the state ``init`` builds for a flat vector, without computing it.
 
@@ -88,7 +80,7 @@ def state_layout(init: Callable[[Any, jax.Array], Any], hyper: dict, dtype: torc
   other_leaves = jax.tree.leaves(shapes[1])
   elementwise = tuple(a.shape != b.shape for (_, a), b in zip(paths_and_leaves, other_leaves))
   return StateLayout(
-      names=tuple(_leaf_name(path) for path, _ in paths_and_leaves),
+      names=tuple('.'.join(map(key_name, path)) for path, _ in paths_and_leaves),
       elementwise=elementwise,
       dtypes=tuple(np.dtype(leaf.dtype) for _, leaf in paths_and_leaves),
       shared_shapes=tuple(
