@@ -85,10 +85,7 @@ def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 15) -> list[commo
 def main() -> None:
   args = common.parse_args(__doc__.splitlines()[0], default_rounds=15)
   rows = run(args.workloads, args.rounds)
-  # The bandwidth this run measured, recovered from a row's lower bound.
-  bandwidth = (common.EXPECTIGRAD_BYTES_PER_ELEMENT * common.num_elements(rows[0].workload)
-               / (rows[0].lower_bound_ms * 1e6))
-  print(common.format_table(rows, bandwidth))
+  print(common.format_table(rows, rows[0].bandwidth_gbps))
 
 
 if __name__ == '__main__':

@@ -71,9 +71,9 @@ def _optimizers(shapes) -> dict[str, Callable[[], None]]:
 
 def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 20) -> list[common.Row]:
   """Times every implementation on each workload, interleaved; returns the rows."""
+  bandwidth = common.streaming_bandwidth_gbps()
   rows = []
   for workload in workloads:
-    bandwidth = common.streaming_bandwidth_gbps()
     medians = common.interleaved_medians(_optimizers(common.WORKLOADS[workload]), rounds)
     rows += common.make_rows('torch', workload, medians,
                              common.lower_bound_ms(workload, bandwidth), BASELINE)
@@ -82,9 +82,8 @@ def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 20) -> list[commo
 
 def main() -> None:
   args = common.parse_args(__doc__.splitlines()[0], default_rounds=20)
-  bandwidth = common.streaming_bandwidth_gbps()
   rows = run(args.workloads, args.rounds)
-  print(common.format_table(rows, bandwidth))
+  print(common.format_table(rows, rows[0].bandwidth_gbps))
 
 
 if __name__ == '__main__':

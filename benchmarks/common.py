@@ -71,6 +71,11 @@ class Row:
   def lower_bound_ratio(self) -> float:
     return self.median_ms / self.lower_bound_ms
 
+  @property
+  def bandwidth_gbps(self) -> float:
+    """The streaming bandwidth this row's lower bound was computed from."""
+    return EXPECTIGRAD_BYTES_PER_ELEMENT * num_elements(self.workload) / (self.lower_bound_ms * 1e6)
+
 
 def interleaved_medians(
     steps: Mapping[str, Callable[[], None]], rounds: int, warmup: int = 3

@@ -85,10 +85,9 @@ def bench_table(rows: Sequence) -> str:
   that time over the measured one (100% = as fast as memory allows).
   """
   common = import_benchmarks()
-  bandwidths = {}   # each script measures its own; recover it from the lower bound it used
+  bandwidths = {}   # each script measures its own
   for r in rows:
-    bandwidths.setdefault(r.framework, common.EXPECTIGRAD_BYTES_PER_ELEMENT * common.num_elements(r.workload)
-                          / (r.lower_bound_ms * 1e-3) / 1e9)
+    bandwidths.setdefault(r.framework, r.bandwidth_gbps)
   header = ('roofline: an Expectigrad step moves '
             f'{common.EXPECTIGRAD_BYTES_PER_ELEMENT} bytes/element; streaming bandwidth measured in '
             'the same run: ' + ', '.join(f'{fw} {gbps:.1f} GB/s' for fw, gbps in bandwidths.items()))
