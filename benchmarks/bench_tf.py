@@ -42,8 +42,9 @@ def _keras_steps(workload: str) -> dict[str, Callable[[], None]]:
     params = [keras.Variable(p) for p in _arrays(workload, 0)]
     opt.build(params)
     apply = tf.function(_applier(opt, params), jit_compile=True)
-    # .numpy() on one parameter waits for the step (eager dispatch is asynchronous).
-    steps[name] = lambda apply=apply, params=params: (apply(gradients), params[0].numpy()[:1])
+    # Fetching one element of a parameter waits for the step (eager dispatch is
+    # asynchronous) without copying the whole tensor to the host.
+    steps[name] = lambda apply=apply, params=params: (apply(gradients), params[0].value[:1].numpy())
   return steps
 
 
