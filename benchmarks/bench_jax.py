@@ -55,11 +55,5 @@ def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 30) -> list[commo
   return rows
 
 
-def main() -> None:
-  args = common.parse_args(__doc__.splitlines()[0], default_rounds=30)
-  rows = run(args.workloads, args.rounds)
-  print(common.format_table(rows, rows[0].bandwidth_gbps))
-
-
 if __name__ == '__main__':
-  main()
+  common.main(run, __doc__.splitlines()[0])

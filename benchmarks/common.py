@@ -6,7 +6,7 @@ Interface every ``benchmarks/bench_<framework>.py`` follows (the CLI's
 * ``run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = ...) -> list[Row]``
   times all implementations interleaved (one call of each per round, so
   machine noise hits all of them alike) and returns one :class:`Row` each;
-* ``main()`` parses ``--workloads`` / ``--rounds`` and prints :func:`format_table`.
+* run as a script, it calls :func:`main` with its ``run``.
 """
 
 from __future__ import annotations
@@ -147,10 +147,15 @@ def format_table(rows: Sequence[Row], bandwidth_gbps: float | None = None) -> st
   return '\n'.join(lines)
 
 
-def parse_args(description: str, default_rounds: int):
-  """The command line every benchmark script takes."""
+def main(run: Callable[..., list[Row]], description: str) -> None:
+  """The command line of every benchmark script: parses it, calls ``run`` and prints the table.
+
+  ``--rounds`` defaults to ``run``'s own default, so each script states it once.
+  """
   import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--workloads', nargs='+', choices=sorted(WORKLOADS), default=['W1', 'W2'])
-  parser.add_argument('--rounds', type=int, default=default_rounds)
-  return parser.parse_args()
+  parser.add_argument('--rounds', type=int, default=None)
+  args = parser.parse_args()
+  rows = run(args.workloads, **({} if args.rounds is None else {'rounds': args.rounds}))
+  print(format_table(rows, rows[0].bandwidth_gbps))
