@@ -1,0 +1,279 @@
+"""The primitive table: one torch implementation per JAX primitive.
+
+Each entry takes the equation's operands and its ``params`` (dtypes already
+converted to torch dtypes, JAX-only entries such as shardings dropped), and
+returns its result (a tuple for multi-output primitives). Operands are torch
+tensors; a literal second operand of an arithmetic or comparison primitive
+is a Python scalar of the literal's exact value (see ``_program``). Entries
+compute in the operands' dtype, as XLA does, so arithmetic is bit-identical
+to JAX.
+
+Higher-order primitives (``jit``, ``cond``, ``custom_jvp_call``, ...) are
+not here: they run sub-jaxprs, so :mod:`._program` handles them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+Impl = Callable[..., Any]
+PRIMITIVES: dict[str, Impl] = {}
+
+
+def torch_dtype(dtype: Any) -> torch.dtype:
+  """numpy/JAX dtype (bfloat16 included) -> torch dtype."""
+  return getattr(torch, np.dtype(dtype).name)
+
+
+def _register(*names: str) -> Callable[[Impl], Impl]:
+  def decorate(impl: Impl) -> Impl:
+    for name in names:
+      PRIMITIVES[name] = impl
+    return impl
+  return decorate
+
+
+def _elementwise(name: str, fn: Impl) -> None:
+  PRIMITIVES[name] = lambda *args, **params: fn(*args)
+
+
+# Arithmetic. Literal operands arrive as Python scalars of the literal's
+# exact value, which torch applies in the tensor's dtype.
+_elementwise('add', torch.add)
+_elementwise('sub', torch.sub)
+_elementwise('neg', torch.neg)
+_elementwise('abs', torch.abs)
+_elementwise('sign', torch.sign)
+_elementwise('floor', torch.floor)
+_elementwise('ceil', torch.ceil)
+_elementwise('sqrt', torch.sqrt)
+_elementwise('rsqrt', torch.rsqrt)
+_elementwise('exp', torch.exp)
+_elementwise('exp2', torch.exp2)
+_elementwise('log', torch.log)
+_elementwise('log1p', torch.log1p)
+_elementwise('expm1', torch.expm1)
+_elementwise('sin', torch.sin)
+_elementwise('cos', torch.cos)
+_elementwise('tan', torch.tan)
+_elementwise('tanh', torch.tanh)
+_elementwise('logistic', torch.sigmoid)
+_elementwise('erf', torch.erf)
+_elementwise('is_finite', torch.isfinite)
+_elementwise('eq', torch.eq)
+_elementwise('ne', torch.ne)
+_elementwise('lt', torch.lt)
+_elementwise('le', torch.le)
+_elementwise('gt', torch.gt)
+_elementwise('ge', torch.ge)
+_elementwise('stop_gradient', lambda x: x)
+_elementwise('copy', torch.clone)
+_elementwise('copy_p', torch.clone)
+
+
+@_register('square')
+def _square(x, **_):
+  return x * x
+
+
+@_register('mul')
+def _mul(x, y, **_):  # params: out_dtype (None: the operands' dtype)
+  return torch.mul(x, y)
+
+
+@_register('div')
+def _div(x, y, **_):
+  floating = x.is_floating_point()
+  return torch.div(x, y) if floating else torch.div(x, y, rounding_mode='trunc')
+
+
+@_register('rem')
+def _rem(x, y, **_):
+  return torch.fmod(x, y)  # lax.rem takes the dividend's sign, as fmod does
+
+
+@_register('pow')
+def _pow(x, y, **_):
+  return torch.pow(x, y)
+
+
+@_register('integer_pow')
+def _integer_pow(x, *, y: int):
+  """Repeated squaring in the order XLA uses (``lax._integer_pow``): bit-identical."""
+  if y == 0:
+    return torch.ones_like(x)
+  power, acc = abs(y), None
+  while power > 0:
+    if power & 1:
+      acc = x if acc is None else acc * x
+    power >>= 1
+    if power > 0:
+      x = x * x
+  return torch.reciprocal(acc) if y < 0 else acc
+
+
+@_register('max')
+def _max(x, y, **_):
+  if not isinstance(y, torch.Tensor):
+    return torch.clamp_min(x, y)  # NaN-propagating, as XLA's max
+  return torch.maximum(x, y)
+
+
+@_register('min')
+def _min(x, y, **_):
+  if not isinstance(y, torch.Tensor):
+    return torch.clamp_max(x, y)
+  return torch.minimum(x, y)
+
+
+@_register('clamp')
+def _clamp(lo, x, hi, **_):
+  return torch.clamp(x, lo, hi)
+
+
+@_register('and')
+def _and(x, y, **_):
+  return torch.bitwise_and(x, y)
+
+
+@_register('or')
+def _or(x, y, **_):
+  return torch.bitwise_or(x, y)
+
+
+@_register('xor')
+def _xor(x, y, **_):
+  return torch.bitwise_xor(x, y)
+
+
+@_register('not')
+def _not(x, **_):
+  return torch.bitwise_not(x)
+
+
+@_register('select_n')
+def _select_n(which, *cases, **_):
+  """``cases[which]``; a bool ``which`` picks between two cases."""
+  if len(cases) == 1:
+    return cases[0]
+  if len(cases) == 2 and which.dtype == torch.bool:
+    return torch.where(which, cases[1], cases[0])
+  result = cases[-1]
+  for index in range(len(cases) - 2, -1, -1):
+    result = torch.where(which == index, cases[index], result)
+  return result
+
+
+@_register('convert_element_type')
+def _convert_element_type(x, *, new_dtype, **_):
+  return x != 0 if new_dtype == torch.bool else x.to(new_dtype)
+
+
+# Shapes. JAX broadcasts explicitly, so these are views wherever torch can make one.
+@_register('broadcast_in_dim')
+def _broadcast_in_dim(x, *dynamic_shape, shape, broadcast_dimensions, **_):
+  if dynamic_shape:
+    raise NotImplementedError('broadcast_in_dim with dynamic shapes')
+  expanded = [1] * len(shape)
+  for source, target in enumerate(broadcast_dimensions):
+    expanded[target] = x.shape[source]
+  return x.reshape(expanded).expand(shape)
+
+
+@_register('reshape')
+def _reshape(x, *dynamic_shape, new_sizes, dimensions=None, **_):
+  if dynamic_shape:
+    raise NotImplementedError('reshape with dynamic shapes')
+  if dimensions is not None:
+    x = x.permute(dimensions)
+  return x.reshape(new_sizes)
+
+
+@_register('squeeze')
+def _squeeze(x, *, dimensions, **_):
+  return x.squeeze(tuple(dimensions)) if dimensions else x
+
+
+@_register('expand_dims')
+def _expand_dims(x, *, dimensions, **_):
+  for dimension in sorted(dimensions):
+    x = x.unsqueeze(dimension)
+  return x
+
+
+@_register('transpose')
+def _transpose(x, *, permutation, **_):
+  return x.permute(permutation)
+
+
+@_register('concatenate')
+def _concatenate(*xs, dimension, **_):
+  return torch.cat(xs, dim=dimension)
+
+
+@_register('iota')
+def _iota(*, dtype, shape, dimension, sharding=None, **_):
+  del sharding
+  values = torch.arange(shape[dimension], dtype=dtype)
+  view = [1] * len(shape)
+  view[dimension] = shape[dimension]
+  return values.reshape(view).expand(shape)
+
+
+# Reductions. Their summation order is torch's, not XLA's: equal up to rounding.
+@_register('reduce_sum')
+def _reduce_sum(x, *, axes, **_):
+  return torch.sum(x, dim=tuple(axes), dtype=x.dtype) if axes else x
+
+
+@_register('reduce_max')
+def _reduce_max(x, *, axes, **_):
+  return torch.amax(x, dim=tuple(axes)) if axes else x
+
+
+@_register('reduce_min')
+def _reduce_min(x, *, axes, **_):
+  return torch.amin(x, dim=tuple(axes)) if axes else x
+
+
+@_register('reduce_prod')
+def _reduce_prod(x, *, axes, **_):
+  for axis in sorted(axes, reverse=True):
+    x = torch.prod(x, dim=axis)
+  return x
+
+
+@_register('reduce_and')
+def _reduce_and(x, *, axes, **_):
+  return torch.all(x, dim=tuple(axes)) if axes else x
+
+
+@_register('reduce_or')
+def _reduce_or(x, *, axes, **_):
+  return torch.any(x, dim=tuple(axes)) if axes else x
+
+
+@_register('argmax')
+def _argmax(x, *, axes, index_dtype, **_):
+  (axis,) = axes
+  return torch.argmax(x, dim=axis).to(index_dtype)
+
+
+@_register('dot_general')
+def _dot_general(x, y, *, dimension_numbers, preferred_element_type=None, **_):
+  (contract_x, contract_y), (batch_x, batch_y) = dimension_numbers
+  letters = iter('abcdefghijklmnopqrstuvwxyz')
+  x_names = [next(letters) for _ in range(x.ndim)]
+  y_names = [next(letters) for _ in range(y.ndim)]
+  for i, j in zip(list(contract_x) + list(batch_x), list(contract_y) + list(batch_y)):
+    y_names[j] = x_names[i]
+  out = [x_names[i] for i in batch_x]
+  out += [n for i, n in enumerate(x_names) if i not in contract_x and i not in batch_x]
+  out += [n for j, n in enumerate(y_names) if j not in contract_y and j not in batch_y]
+  result = torch.einsum(f'{"".join(x_names)},{"".join(y_names)}->{"".join(out)}', x, y)
+  if preferred_element_type is not None:
+    result = result.to(preferred_element_type)
+  return result

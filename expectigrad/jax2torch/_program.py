@@ -1,0 +1,262 @@
+"""A jaxpr turned into a flat list of torch operations, and its interpreter.
+
+:func:`build` walks a ``ClosedJaxpr`` once, at trace time: nested calls
+(``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``closed_call``,
+``remat``) are inlined, literals become Python scalars of their exact value,
+constants become tensors, and every parameter becomes a plain Python value
+(numpy dtypes -> torch dtypes; shardings and other JAX objects dropped). The
+result refers to no JAX object at run time, so running it is plain torch
+code that ``torch.compile`` can capture whole.
+
+``cond`` keeps its branches as sub-programs and runs all of them, selecting
+the result elementwise: no host sync, and the same code eager and compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from expectigrad.jax2torch import _primitives
+
+# Primitives whose sub-jaxpr is inlined, with the parameter that holds it.
+_INLINED = {
+    'jit': 'jaxpr', 'pjit': 'jaxpr', 'closed_call': 'call_jaxpr', 'core_call': 'call_jaxpr',
+    'remat': 'jaxpr', 'checkpoint': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
+    'custom_vjp_call': 'call_jaxpr', 'custom_vjp_call_jaxpr': 'fun_jaxpr',
+}
+# Primitives whose torch op takes a Python scalar as its second operand.
+_SCALAR_OPERAND = frozenset(
+    {'add', 'sub', 'mul', 'div', 'max', 'min', 'pow', 'eq', 'ne', 'lt', 'le', 'gt', 'ge'})
+# Parameters with no meaning for torch.
+_DROPPED_PARAMS = frozenset({'sharding', 'out_sharding', 'accuracy', 'weak_type'})
+
+
+@dataclasses.dataclass(frozen=True)
+class Literal:
+  """A constant operand, as a Python scalar of exactly the literal's value."""
+  value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Aval:
+  """Shape and dtype of a slot, known at build time."""
+  shape: tuple[int, ...]
+  dtype: torch.dtype
+
+
+Ref = Any  # int (a slot) or Literal
+
+
+@dataclasses.dataclass
+class Op:
+  """One primitive application: ``slots[outputs] = fn(*operands)``.
+
+  Attributes:
+    primitive: the JAX primitive's name.
+    params: its parameters as plain Python values.
+    inputs: slots or literals.
+    outputs: slots.
+    fn: the torch implementation, parameters bound.
+  """
+  primitive: str
+  params: dict[str, Any]
+  inputs: list[Ref]
+  outputs: list[int]
+  fn: Callable[..., Any]
+
+
+@dataclasses.dataclass
+class Graph:
+  """A flat program over numbered slots.
+
+  Attributes:
+    inputs: slots of the arguments, in order.
+    outputs: refs of the results, in order.
+    ops: the operations in an order that respects dependencies.
+    constants: slot -> tensor for the jaxpr's constants (CPU; moved on use).
+    avals: slot -> :class:`Aval`.
+    unsupported: names of primitives with no torch implementation.
+  """
+  inputs: list[int]
+  outputs: list[Ref]
+  ops: list[Op]
+  constants: dict[int, torch.Tensor]
+  avals: dict[int, Aval]
+  unsupported: frozenset[str]
+
+
+def _torch_value(value: Any) -> Any:
+  """A parameter value with numpy dtypes turned into torch dtypes."""
+  if isinstance(value, (np.dtype, type)) and value is not bool:
+    try:
+      return _primitives.torch_dtype(value)
+    except (TypeError, AttributeError):
+      return value
+  if isinstance(value, (tuple, list)):
+    return type(value)(_torch_value(v) for v in value)
+  return value
+
+
+def _plain_params(params: dict[str, Any]) -> dict[str, Any]:
+  return {k: _torch_value(v) for k, v in params.items() if k not in _DROPPED_PARAMS}
+
+
+def _literal_value(literal: Any) -> Any:
+  """The literal's exact value as a Python scalar (bfloat16 values are exact in float)."""
+  value = np.asarray(literal.val)
+  if value.ndim:
+    return torch.from_numpy(np.array(value))  # rare; a small constant array
+  if value.dtype.kind == 'f' or value.dtype.name == 'bfloat16':
+    return float(value.astype(np.float64))
+  return value.item()
+
+
+def _aval_of(var: Any) -> Aval:
+  aval = var.aval
+  return Aval(tuple(int(d) for d in aval.shape), _primitives.torch_dtype(aval.dtype))
+
+
+class _Builder:
+  """Inlines a jaxpr into a :class:`Graph`."""
+
+  def __init__(self) -> None:
+    self.ops: list[Op] = []
+    self.constants: dict[int, torch.Tensor] = {}
+    self.avals: dict[int, Aval] = {}
+    self.unsupported: set[str] = set()
+    self._literal_slots: dict[tuple, int] = {}
+    self._computed: dict[tuple, list[int]] = {}
+    self._next = 0
+
+  def new_slot(self, var: Any) -> int:
+    slot = self._next
+    self._next += 1
+    self.avals[slot] = _aval_of(var)
+    return slot
+
+  def constant(self, var: Any, value: Any) -> int:
+    """A slot holding a literal as a 0-d tensor; one slot per distinct literal."""
+    key = (value, str(var.aval.dtype))
+    if key not in self._literal_slots:
+      slot = self.new_slot(var)
+      self.constants[slot] = torch.tensor(value, dtype=self.avals[slot].dtype)
+      self._literal_slots[key] = slot
+    return self._literal_slots[key]
+
+  def ref(self, env: dict, atom: Any) -> Ref:
+    if hasattr(atom, 'val') and not hasattr(atom, 'count'):  # a jaxpr Literal
+      return Literal(_literal_value(atom))
+    return env[atom]
+
+  def closed(self, closed_jaxpr: Any, input_refs: Sequence[Ref]) -> list[Ref]:
+    """Adds a ClosedJaxpr's equations; returns the refs of its outputs."""
+    jaxpr = getattr(closed_jaxpr, 'jaxpr', closed_jaxpr)
+    consts = getattr(closed_jaxpr, 'consts', ())
+    env: dict[Any, Ref] = {}
+    for var, value in zip(jaxpr.constvars, consts):
+      slot = self.new_slot(var)
+      self.constants[slot] = torch.from_numpy(np.array(value))
+      env[var] = slot
+    for var, ref in zip(jaxpr.invars, input_refs):
+      env[var] = ref
+    for eqn in jaxpr.eqns:
+      self.equation(env, eqn)
+    return [self.ref(env, v) for v in jaxpr.outvars]
+
+  def equation(self, env: dict, eqn: Any) -> None:
+    name = eqn.primitive.name
+    inputs = [self.ref(env, v) for v in eqn.invars]
+    if name in _INLINED:
+      sub = eqn.params[_INLINED[name]]
+      if name.startswith('custom_'):
+        inputs = inputs[len(inputs) - len(getattr(sub, 'jaxpr', sub).invars):]
+      for var, ref in zip(eqn.outvars, self.closed(sub, inputs)):
+        env[var] = ref
+      return
+    # torch takes a Python scalar only as the second operand of some ops;
+    # elsewhere a literal becomes a 0-d tensor constant of its own dtype.
+    inputs = [
+        self.constant(var, ref.value)
+        if isinstance(ref, Literal) and (position == 0 or name not in _SCALAR_OPERAND) else ref
+        for position, (var, ref) in enumerate(zip(eqn.invars, inputs))]
+    params = _plain_params({k: v for k, v in eqn.params.items() if k != 'branches'})
+    # The same pure computation repeated per leaf (``-learning_rate``) runs once,
+    # so every leaf's op shares its result and the leaves batch together.
+    key: Any = (name, repr(sorted(params.items())), tuple(inputs))
+    try:
+      hash(key)
+    except TypeError:  # a constant-array literal
+      key = None
+    if key is not None and name != 'cond' and key in self._computed:
+      for var, slot in zip(eqn.outvars, self._computed[key]):
+        env[var] = slot
+      return
+    outputs = [self.new_slot(v) for v in eqn.outvars]
+    for var, slot in zip(eqn.outvars, outputs):
+      env[var] = slot
+    if key is not None:
+      self._computed[key] = outputs
+    if name == 'cond':
+      branches = [build(branch) for branch in eqn.params['branches']]
+      self.unsupported.update(*(branch.unsupported for branch in branches))
+      fn = _cond(branches)
+    elif name in _primitives.PRIMITIVES:
+      fn = _bind(_primitives.PRIMITIVES[name], params, len(outputs))
+    else:
+      self.unsupported.add(name)
+      fn = _missing(name)
+    self.ops.append(Op(name, params, inputs, outputs, fn))
+
+
+def _bind(impl: Callable, params: dict, n_outputs: int) -> Callable:
+  def fn(*args):
+    result = impl(*args, **params)
+    return result if n_outputs > 1 else (result,)
+  return fn
+
+
+def _missing(name: str) -> Callable:
+  def fn(*args):
+    raise NotImplementedError(f'no torch lowering for the JAX primitive {name!r}')
+  return fn
+
+
+def _cond(branches: Sequence[Graph]) -> Callable:
+  """``lax.cond``/``switch``: every branch runs, the index selects elementwise."""
+  def fn(index, *operands):
+    results = [run(branch, operands) for branch in branches]
+    return tuple(
+        _primitives.PRIMITIVES['select_n'](index, *values) for values in zip(*results))
+  return fn
+
+
+def build(closed_jaxpr: Any) -> Graph:
+  """Lowers a ``ClosedJaxpr`` to a :class:`Graph` of torch operations."""
+  builder = _Builder()
+  jaxpr = getattr(closed_jaxpr, 'jaxpr', closed_jaxpr)
+  inputs = [builder.new_slot(v) for v in jaxpr.invars]
+  outputs = builder.closed(closed_jaxpr, inputs)
+  return Graph(inputs, outputs, builder.ops, builder.constants, builder.avals,
+               frozenset(builder.unsupported))
+
+
+def run(graph: Graph, args: Sequence[Any], constants: dict[int, torch.Tensor] | None = None
+        ) -> list[Any]:
+  """Runs ``graph`` one operation at a time; returns its outputs.
+
+  Args:
+    graph: the program.
+    args: one value per input slot.
+    constants: the graph's constants on the arguments' device (default: as built, on CPU).
+  """
+  slots: dict[int, Any] = dict(zip(graph.inputs, args))
+  slots.update(graph.constants if constants is None else constants)
+  for op in graph.ops:
+    operands = [r.value if isinstance(r, Literal) else slots[r] for r in op.inputs]
+    for slot, value in zip(op.outputs, op.fn(*operands)):
+      slots[slot] = value
+  return [r.value if isinstance(r, Literal) else slots[r] for r in graph.outputs]
