@@ -35,6 +35,20 @@ def check_positive(name: str, value: Any) -> None:
     raise ValueError(f'{name} must be a finite number > 0, got {value!r}.')
 
 
+def check_non_negative(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is >= 0 (schedules and tracers pass).
+
+  A learning rate of 0 is valid (a cosine schedule ends there), as in
+  ``torch.optim``.
+
+  Raises:
+    ValueError: naming ``name`` and the accepted range.
+  """
+  number = _concrete_float(value)
+  if number is not None and not (number >= 0 and math.isfinite(number)):
+    raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
+
+
 def check_unit_interval(name: str, value: Any) -> None:
   """Raises ValueError unless ``value`` lies in [0, 1) (tracers pass).
 

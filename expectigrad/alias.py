@@ -31,7 +31,7 @@ def expectigrad(
   'state_dtype')``, since those decide the shape of the state.
 
   Args:
-    learning_rate: a number > 0 or an ``optax.Schedule``.
+    learning_rate: a number >= 0 or an ``optax.Schedule``.
     beta: momentum decay in [0, 1); 0 keeps no momentum buffer.
     eps: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
@@ -46,7 +46,7 @@ def expectigrad(
     An ``optax.GradientTransformation``.
 
   Raises:
-    ValueError: if ``learning_rate <= 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
+    ValueError: if ``learning_rate < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
   """
   return optax.chain(
       transforms.scale_by_arithmetic_rms(

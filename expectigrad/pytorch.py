@@ -1,13 +1,13 @@
 """The published ``expectigrad.pytorch.Expectigrad`` optimizer.
 
-It is the optax bridge (:class:`expectigrad.bridges.torch.Optimizer`) over
-:func:`expectigrad.expectigrad`: the update rule runs as the jitted optax
-chain, not as torch code.
+It is the torch bridge (:class:`expectigrad.bridges.torch.Optimizer`) over
+:func:`expectigrad.expectigrad`: the update rule is the optax chain, traced
+once by JAX and run as torch operations.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from expectigrad import _validation
 from expectigrad.alias import expectigrad
@@ -17,22 +17,26 @@ from expectigrad.bridges import torch as torch_bridge
 class Expectigrad(torch_bridge.Optimizer):
   """Expectigrad (Daley & Amato, arXiv:2010.01356) as a ``torch.optim.Optimizer``.
 
-  ``lr``, ``beta`` and ``eps`` of each param group are read at every step
-  (LR schedulers and group edits apply without recompiling). ``beta`` enters
-  the compiled step as a traced number, so the momentum buffer is kept even
-  for ``beta=0``, where it equals the current scaled gradient; the math is
-  the same as without one.
+  Each param group holds ``lr``, ``beta``, ``eps``, ``sparse_counter`` and
+  ``maximize`` (False; True ascends, as in ``torch.optim``). ``lr``, ``beta``
+  and ``eps`` may be numbers or 0-d tensors; they are read at every step, so
+  LR schedulers and group edits apply without re-tracing, and 0-d tensors
+  keep a ``torch.compile``'d step from recompiling when they change.
+  ``OneCycleLR(cycle_momentum=True)`` cycles ``beta``: it writes the group's
+  ``momentum`` key, which, when not None, is read as ``beta``. ``beta``
+  enters the step as a traced number, so the momentum buffer is kept even for
+  ``beta=0``, where it equals the current scaled gradient.
 
   Args:
     params: parameters or param-group dicts.
-    lr: learning rate, > 0.
+    lr: learning rate, >= 0.
     beta: momentum decay, in [0, 1).
     eps: added to the root mean square, > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count (False).
 
   Raises:
-    ValueError: if ``lr <= 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
+    ValueError: if ``lr < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
   """
 
   def __init__(
@@ -43,8 +47,16 @@ class Expectigrad(torch_bridge.Optimizer):
       eps: float = 1e-8,
       sparse_counter: bool = True,
   ):
-    _validation.check_positive('lr', lr)
+    _validation.check_non_negative('lr', lr)
     _validation.check_unit_interval('beta', beta)
     _validation.check_positive('eps', eps)
     super().__init__(params, expectigrad, lr=lr, beta=beta, eps=eps,
-                     sparse_counter=bool(sparse_counter))
+                     sparse_counter=bool(sparse_counter), momentum=None)
+
+  def _factory_arguments(self, group: Mapping[str, Any]) -> dict[str, Any]:
+    """``momentum``, when set (by ``OneCycleLR``), is ``beta``."""
+    arguments = super()._factory_arguments(
+        {k: v for k, v in group.items() if k != 'momentum'})
+    if group.get('momentum') is not None:
+      arguments['beta'] = group['momentum']
+    return arguments

@@ -12,9 +12,8 @@ from expectigrad import transforms
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(learning_rate=0.0), r'learning_rate must be a finite number > 0'),
-    (dict(learning_rate=-1e-3), r'learning_rate must be a finite number > 0'),
-    (dict(learning_rate=float('nan')), r'learning_rate must be a finite number > 0'),
+    (dict(learning_rate=-1e-3), r'learning_rate must be a finite number >= 0'),
+    (dict(learning_rate=float('nan')), r'learning_rate must be a finite number >= 0'),
     (dict(beta=1.0), r'beta must be in \[0, 1\)'),
     (dict(beta=-0.1), r'beta must be in \[0, 1\)'),
     (dict(eps=0.0), r'eps must be a finite number > 0'),

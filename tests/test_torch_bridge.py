@@ -181,7 +181,7 @@ def test_param_without_grad_is_skipped_and_keeps_its_state():
 
 
 @pytest.mark.usefixtures('x64')
-def test_lr_scheduler_matches_an_optax_schedule_without_recompiling():
+def test_lr_scheduler_matches_an_optax_schedule_without_retracing():
   x = torch.nn.Parameter(torch.tensor(reference.QUADRATIC_X0))
   opt = Expectigrad([x], lr=0.1, beta=0.9, eps=1.0)
   scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.95)
@@ -191,15 +191,12 @@ def test_lr_scheduler_matches_an_optax_schedule_without_recompiling():
   for t in range(1, 41):
     x.grad = torch.from_numpy(reference.alternating_quadratic_grad(x.detach().numpy(), t))
     opt.step()
-    if t == 2:  # (the first call may add a fast-path entry for its fresh buffers)
-      [(_, update)] = opt._compiled.values()  # pylint: disable=protected-access
-      compiled_early = update._cache_size()  # pylint: disable=protected-access
     scheduler.step()
     updates, state = tx.update(jnp.asarray(reference.alternating_quadratic_grad(np.asarray(y), t)),
                                state)
     y = optax.apply_updates(y, updates)
   assert reference.max_relative_error(x.detach().numpy(), y) < 1e-10
-  assert update._cache_size() == compiled_early  # pylint: disable=protected-access
+  assert len(opt._lowered) == 1  # traced once: the scheduled lr is a traced input  # pylint: disable=protected-access
 
 
 def test_two_param_groups_with_different_lr_match_reference():
@@ -233,7 +230,7 @@ def test_step_returns_the_closure_loss():
 
 
 @pytest.mark.parametrize('kwargs,name', [
-    (dict(lr=0.0), 'lr'), (dict(lr=-1.0), 'lr'), (dict(beta=1.0), 'beta'),
+    (dict(lr=-1.0), 'lr'), (dict(beta=1.0), 'beta'),
     (dict(beta=-0.1), 'beta'), (dict(eps=0.0), 'eps'), (dict(lr=float('nan')), 'lr'),
 ])
 def test_bad_hyperparameters_raise(kwargs, name):

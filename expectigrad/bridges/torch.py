@@ -1,36 +1,34 @@
 """Any optax ``GradientTransformation`` as a ``torch.optim.Optimizer``.
 
-The update rule is never rewritten in torch: each step runs the jitted optax
-update on the torch gradients, which cross into JAX zero-copy through dlpack,
-and adds the resulting update to the parameters in place. See
+The update rule is never rewritten in torch: JAX traces the chain once per
+set of parameter shapes, :mod:`expectigrad.jax2torch` lowers the traced
+program to torch operations, and every ``step()`` runs those operations on
+the parameters' own device, in place, like ``torch.optim.Adam``. The state
+lives in ``optimizer.state[p]``, one dict of tensors per parameter. See
 :class:`Optimizer`.
-
-On a GPU, JAX would by default reserve most of the device memory when it
-first runs, starving torch. Importing this module therefore sets
-``XLA_PYTHON_CLIENT_PREALLOCATE=false`` when CUDA is available and the
-variable is unset; it only takes effect if JAX has not used the GPU yet.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import os
-from typing import Any, Callable, Iterable, Mapping, Union
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
-import jax
+import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _torch_bucket
-from expectigrad.bridges._torch_bucket import Bucket, StateLayout
-
-if torch.cuda.is_available():
-  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+from expectigrad.bridges import _torch_chain
+from expectigrad.bridges._torch_chain import LoweredChain, StateLeaf
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
 # listed are passed under their own name (beta, eps, sparse_counter, ...).
 TORCH_TO_OPTAX_NAMES: Mapping[str, str] = {'lr': 'learning_rate'}
+# Group keys the bridge itself reads; never passed to the factory.
+_BRIDGE_KEYS = frozenset({'params', 'maximize'})
+EXECUTORS = ('auto', 'torch', 'jax')
 
 TransformFactory = Callable[..., optax.GradientTransformation]
 
@@ -41,9 +39,9 @@ def _accepted_names(transform: Any, defaults: Mapping[str, Any]) -> frozenset[st
   Groups also carry keys that are not hyperparameters of the transform
   (``initial_lr`` from LR schedulers, user annotations).
   """
-  names = {TORCH_TO_OPTAX_NAMES.get(k, k) for k in defaults}
   if isinstance(transform, optax.GradientTransformation):
     return frozenset()
+  names = {TORCH_TO_OPTAX_NAMES.get(k, k) for k in defaults}
   try:
     parameters = inspect.signature(transform).parameters.values()
   except (TypeError, ValueError):  # no signature (some builtins): the defaults only
@@ -53,185 +51,244 @@ def _accepted_names(transform: Any, defaults: Mapping[str, Any]) -> frozenset[st
 
 
 def _is_traced(value: Any) -> bool:
-  """Numbers enter the jitted step as arguments (edits never recompile)."""
-  return isinstance(value, (int, float, torch.Tensor)) and not isinstance(value, bool)
+  """Real floating-point numbers enter the lowered step as 0-d tensors (edits never re-trace)."""
+  if isinstance(value, torch.Tensor):
+    return value.ndim == 0 and value.is_floating_point()
+  if isinstance(value, np.ndarray):
+    return value.ndim == 0 and value.dtype.kind == 'f'
+  return isinstance(value, (float, np.floating))
 
 
 class Optimizer(torch.optim.Optimizer):
-  """A ``torch.optim.Optimizer`` that runs an optax transformation.
+  """A ``torch.optim.Optimizer`` that runs an optax transformation in torch.
 
   ``transform`` is either a ``GradientTransformation`` (its hyperparameters
   fixed) or a factory of keyword hyperparameters such as
   :func:`expectigrad.expectigrad`. With a factory, every param group's
-  values are passed to it at every step (``lr`` as ``learning_rate``, other
-  keys by name), numbers as traced arguments, so LR schedulers, per-group
-  values and ``param_group`` edits take effect without recompiling;
-  non-numbers (``sparse_counter``) are compile-time constants.
+  values are passed to it (``lr`` as ``learning_rate``, other keys by name):
+  floating-point numbers and 0-d tensors as traced 0-d tensors, so LR
+  schedulers, per-group values and ``param_group`` edits take effect without
+  re-tracing; other values (``sparse_counter``) are trace-time constants.
 
-  Each param group's parameters are packed per dtype and device into one
-  flat vector, and the optax state lives in JAX over that vector, so a step
-  is one jitted call per group (per dtype) whatever the number of tensors.
-  Tree-wide operations in the chain (``optax.clip_by_global_norm``)
-  therefore see one param group at a time. Parameters whose ``grad`` is None
-  are skipped and keep their state; float64 parameters are computed in
-  float64 (JAX's x64 mode is switched on for that call only).
+  Per param group, the parameters with a gradient are stepped together, per
+  device and dtype, so tree-wide operations (``optax.clip_by_global_norm``)
+  see one param group. Parameters whose ``grad`` is None are skipped and
+  keep their state, step counts included. A group's ``maximize=True``
+  ascends, as in ``torch.optim``.
+
+  How a step runs (``executor``):
+
+  - ``'torch'``: the lowered program, eagerly, each primitive one
+    ``torch._foreach_*`` call over the group's tensors; under
+    ``torch.compile`` (the user's, or ``compile=True``) Inductor fuses it.
+  - ``'jax'``: the traced update on the JAX runtime, tensors crossing
+    through dlpack (also used, with a warning, for a chain whose program has
+    a primitive the lowering lacks).
+  - ``'auto'`` (default): ``'torch'``. Inside ``torch.compile`` the lowered
+    program always runs.
 
   Args:
     params: parameters or param-group dicts, as for any torch optimizer.
     transform: an ``optax.GradientTransformation`` or a factory returning one.
-    **defaults: hyperparameters for the factory (torch names, e.g. ``lr``).
+    executor: ``'auto'``, ``'torch'`` or ``'jax'``.
+    compile: run the lowered step under ``torch.compile(fullgraph=True)``,
+      compiled on first use per parameter set.
+    **defaults: hyperparameters for the factory (torch names, e.g. ``lr``),
+      and ``maximize``.
 
   Raises:
-    TypeError: if ``transform`` is neither, or hyperparameters are given
-      with a fixed transformation.
-    ValueError: if the factory rejects a group's hyperparameters.
+    TypeError: if ``transform`` is neither, hyperparameters are given with a
+      fixed transformation, or a parameter is not floating point.
+    ValueError: if the factory rejects a group's hyperparameters, or
+      ``executor`` is unknown.
   """
 
   def __init__(
       self,
       params: Iterable[Any],
       transform: Union[optax.GradientTransformation, TransformFactory],
+      *,
+      executor: str = 'auto',
+      compile: bool = False,  # pylint: disable=redefined-builtin
       **defaults: Any,
   ):
     if isinstance(transform, optax.GradientTransformation):
-      if defaults:
+      if set(defaults) - {'maximize'}:
         raise TypeError(
             f'hyperparameters {sorted(defaults)} need a factory of keyword hyperparameters '
             '(e.g. expectigrad.expectigrad), not a fixed GradientTransformation.')
     elif not callable(transform):
       raise TypeError('transform must be an optax.GradientTransformation or a factory '
                       f'returning one, got {type(transform).__name__}.')
+    if executor not in EXECUTORS:
+      raise ValueError(f'executor must be one of {EXECUTORS}, got {executor!r}.')
+    defaults.setdefault('maximize', False)
     self._transform = transform
     self._accepted = _accepted_names(transform, defaults)
-    self._buckets: dict[torch.Tensor, Bucket] = {}
-    self._compiled: dict[tuple, tuple[Callable, Callable]] = {}
-    self._facts: dict[tuple, Any] = {}  # per (static, dtype): needs_params, layout
-    self._checked: dict[int, tuple] = {}
+    self._executor = executor
+    self._compile = bool(compile)
+    # Per group, a cohort label per parameter position: parameters that have
+    # always stepped together share their step counts (see ``_cohorts_of``).
+    self._cohorts: list[list[int]] = []
+    self._reset_caches()
     super().__init__(params, defaults)
 
+  def _reset_caches(self) -> None:
+    """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
+    self._lowered: dict[tuple, LoweredChain] = {}
+    self._compiled_steps: dict[tuple, Callable] = {}
+    self._hyper_tensors: dict[tuple, torch.Tensor] = {}
+    self._checked: dict[int, tuple] = {}
+    self._warned: set[str] = set()
+
+  def __getstate__(self) -> dict[str, Any]:
+    state = super().__getstate__()
+    state.update(_transform=self._transform, _accepted=self._accepted,
+                 _executor=self._executor, _compile=self._compile, _cohorts=self._cohorts)
+    return state
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    super().__setstate__(state)
+    self._reset_caches()
+
+  # -- hyperparameters --------------------------------------------------------
+
   def add_param_group(self, param_group: dict[str, Any]) -> None:
-    """Adds a group after checking its hyperparameters (see ``torch.optim.Optimizer``)."""
+    """Adds a group after checking its parameters and hyperparameters."""
     super().add_param_group(param_group)
+    index = len(self.param_groups) - 1
     try:
-      self._hyperparameters(len(self.param_groups) - 1)
+      for p in self.param_groups[index]['params']:
+        if not p.is_floating_point():
+          raise TypeError(f'param_groups[{index}] holds a {p.dtype} parameter; '
+                          'only floating-point parameters can be optimized.')
+      self._hyperparameters(index)
     except Exception:
       self.param_groups.pop()
       raise
+    self._cohorts.append([0] * len(self.param_groups[index]['params']))
 
-  def _hyperparameters(self, group_index: int, group: dict | None = None) -> tuple[dict, tuple]:
+  def _factory_arguments(self, group: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's factory keyword arguments (subclasses may rename keys here)."""
+    named = {TORCH_TO_OPTAX_NAMES.get(k, k): v for k, v in group.items()
+             if k not in _BRIDGE_KEYS}
+    return {k: v for k, v in named.items() if k in self._accepted}
+
+  def _hyperparameters(self, group_index: int, group: Mapping[str, Any] | None = None
+                       ) -> tuple[dict[str, Any], tuple]:
     """The ``(traced, static)`` factory arguments of a group, checked by the factory.
 
-    Args:
-      group_index: the group's position, for error messages and caching.
-      group: the group's dict; ``self.param_groups[group_index]`` by default.
+    Python numbers are checked whenever they change; a tensor is checked for
+    its kind only (reading its value would synchronise with its device).
 
     Raises:
       ValueError: naming the group, if the factory rejects a value.
-      TypeError: for parameters that are not floating point.
+      TypeError: naming the group, for a value of the wrong type.
     """
     group = self.param_groups[group_index] if group is None else group
-    for p in self.param_groups[group_index]['params']:
-      if not p.is_floating_point():
-        raise TypeError(f'param_groups[{group_index}] holds a {p.dtype} parameter; '
-                        'only floating-point parameters can be optimized.')
+    if not isinstance(group.get('maximize', False), bool):
+      raise TypeError(f'param_groups[{group_index}]: maximize must be a bool, '
+                      f'got {group["maximize"]!r}.')
     if isinstance(self._transform, optax.GradientTransformation):
       return {}, ()
-    named = {TORCH_TO_OPTAX_NAMES.get(k, k): v for k, v in group.items() if k != 'params'}
-    named = {k: v for k, v in named.items() if k in self._accepted}
-    traced = {k: float(v) for k, v in named.items() if _is_traced(v)}
+    named = self._factory_arguments(group)
+    traced = {k: v for k, v in named.items() if _is_traced(v)}
     static = tuple(sorted((k, v) for k, v in named.items() if not _is_traced(v)))
-    key = (tuple(sorted(traced.items())), static)
+    key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
+                 for k, v in sorted(traced.items())), static)
+    try:
+      hash(key)
+    except TypeError as error:
+      raise TypeError(f'param_groups[{group_index}]: hyperparameters must be numbers, '
+                      f'0-d tensors or hashable constants, got {static}.') from error
     if self._checked.get(group_index) != key:
-      try:  # The factory validates concrete values (the traced ones cannot be).
-        self._transform(**traced, **dict(static))
-      except ValueError as error:
-        raise ValueError(f'param_groups[{group_index}]: {error}') from error
+      concrete = {k: (0.5 if isinstance(v, torch.Tensor) else float(v))
+                  for k, v in traced.items()}
+      try:  # The factory validates concrete values; tensors stand in as a valid 0.5.
+        self._transform(**self._stand_ins(concrete, traced), **dict(static))
+      except (ValueError, TypeError) as error:
+        raise type(error)(f'param_groups[{group_index}]: {error}') from error
       self._checked[group_index] = key
     return traced, static
 
-  def _functions(self, static: tuple) -> tuple[Callable, Callable]:
-    """Jitted ``init(hyper, params)`` and ``update(hyper, grads, spare, state, params)``."""
-    if static not in self._compiled:
-      def make(hyper):
-        if isinstance(self._transform, optax.GradientTransformation):
-          return self._transform
-        return self._transform(**hyper, **dict(static))
+  def _stand_ins(self, concrete: dict[str, float], traced: Mapping[str, Any]) -> dict[str, float]:
+    """Values the factory is called with to check a group (hook for subclasses)."""
+    del traced
+    return concrete
 
-      def init(hyper, params):
-        return make(hyper).init(params)
+  def _hyper_tensor(self, name: str, value: Any, device: torch.device, dtype: torch.dtype
+                    ) -> torch.Tensor:
+    """``value`` as a 0-d tensor on ``device``; a cached one refilled when a number changes."""
+    if isinstance(value, torch.Tensor):
+      return value.to(device=device, dtype=dtype)
+    key = (name, device, dtype)
+    cached = self._hyper_tensors.get(key)
+    if cached is None:
+      cached = self._hyper_tensors[key] = torch.tensor(float(value), dtype=dtype, device=device)
+      self._hyper_tensors[key, 'value'] = float(value)
+    elif self._hyper_tensors[key, 'value'] != float(value):
+      cached.fill_(float(value))
+      self._hyper_tensors[key, 'value'] = float(value)
+    return cached
 
-      # ``spare`` is last step's update buffer, donated so XLA reuses it for
-      # this step's update (kept even though unused: keep_unused=True). JAX
-      # pairs donated inputs with outputs of the same shape in argument order,
-      # and the outputs are (updates, state): ``spare`` must come before
-      # ``state``, or XLA aliases the update to a state buffer and inserts
-      # copies (measured: 2 extra passes over the state).
-      @functools.partial(jax.jit, donate_argnums=(2, 3), keep_unused=True)
-      def update(hyper, grads, spare, state, params):
-        del spare
-        return make(hyper).update(grads, state, params)
+  # -- lowering -----------------------------------------------------------------
 
-      self._compiled[static] = (jax.jit(init), update)
-    return self._compiled[static]
+  def _make(self, static: tuple) -> Callable[[dict], optax.GradientTransformation]:
+    if isinstance(self._transform, optax.GradientTransformation):
+      return lambda hyper: self._transform
+    return lambda hyper: self._transform(**hyper, **dict(static))
 
-  def _needs_params(self, static: tuple, hyper: dict, bucket_dtype: torch.dtype) -> bool:
-    """Whether the chain's update reads the parameters (weight decay, ...).
+  def _chain(self, hyper_names: tuple, static: tuple, params: Sequence[torch.Tensor]
+             ) -> LoweredChain:
+    """The chain lowered for these parameters' shapes and dtype (traced once)."""
+    shapes = tuple(tuple(p.shape) for p in params)
+    key = (hyper_names, static, params[0].dtype, shapes)
+    if key not in self._lowered:
+      self._lowered[key] = LoweredChain(self._make(static), hyper_names, shapes,
+                                        params[0].dtype)
+    return self._lowered[key]
 
-    Parameters are packed into a flat vector only if it does: the update is
-    evaluated abstractly with ``params=None`` and fails if they are needed.
+  # -- state ----------------------------------------------------------------------
+
+  def _cohorts_of(self, group_index: int, params: list[torch.Tensor]) -> list[list[int]]:
+    """Positions of ``params`` in their group, split into cohorts that step together.
+
+    Shared state (a step count) is one value for all parameters stepped by
+    one lowered program. Parameters that stepped on different occasions have
+    different counts, so they form different cohorts; a cohort that steps
+    only in part is split.
     """
-    key = ('needs_params', static, bucket_dtype)
-    if key not in self._facts:
-      init, update = self._functions(static)
-      jax_dtype = _torch_bucket.to_jax_dtype(bucket_dtype)
-      vector = jax.ShapeDtypeStruct((2,), jax_dtype)
-      with _torch_bucket.x64_scope(bucket_dtype):
-        state = jax.eval_shape(init, hyper, vector)
-        try:
-          jax.eval_shape(update.__wrapped__, hyper, vector, vector, state, None)
-          needs = False
-        except Exception:  # pylint: disable=broad-except
-          needs = True
-      self._facts[key] = needs
-    return self._facts[key]
-
-  def _layout(self, static: tuple, hyper: dict, dtype: torch.dtype) -> StateLayout:
-    key = ('layout', static, dtype)
-    if key not in self._facts:
-      init, _ = self._functions(static)
-      self._facts[key] = _torch_bucket.state_layout(init.__wrapped__, hyper, dtype)
-    return self._facts[key]
-
-  def _new_buckets(self, params: list[torch.Tensor], hyper: dict, static: tuple) -> None:
-    """Fresh state for parameters that never stepped, one bucket per dtype and device."""
-    by_kind: dict[tuple, list[torch.Tensor]] = {}
+    group = self.param_groups[group_index]['params']
+    labels = self._cohorts[group_index]
+    position = {id(p): i for i, p in enumerate(group)}
+    by_label: dict[int, list[int]] = {}
     for p in params:
-      by_kind.setdefault((p.dtype, p.device), []).append(p)
-    init, _ = self._functions(static)
-    for (dtype, _), members in by_kind.items():
-      layout = self._layout(static, hyper, dtype)
-      bucket = Bucket(members, layout, None)
-      with _torch_bucket.x64_scope(dtype):
-        bucket.state = init(hyper, jax.dlpack.from_dlpack(bucket.flat_params().clone()))
-      for p in members:
-        self._buckets[p] = bucket
+      i = position[id(p)]
+      by_label.setdefault(labels[i] if p in self.state else -1, []).append(i)
+    cohorts = list(by_label.values())
+    for label, members in by_label.items():
+      everyone = [i for i, l in enumerate(labels) if l == label and group[i] in self.state]
+      if label == -1 or len(members) != len(everyone):
+        new = max(labels, default=0) + 1
+        for i in members:
+          labels[i] = new
+    return cohorts
 
-  def _active_buckets(self, group_index: int, hyper: dict, static: tuple) -> list[Bucket]:
-    """The buckets whose parameters all have gradients this step, splitting mixed ones."""
-    stepping = [p for p in self.param_groups[group_index]['params'] if p.grad is not None]
-    self._new_buckets([p for p in stepping if p not in self._buckets], hyper, static)
-    buckets = {id(self._buckets[p]): self._buckets[p] for p in stepping}
-    active = []
-    for bucket in buckets.values():
-      has_grad = [p.grad is not None for p in bucket.params]
-      if not all(has_grad):
-        bucket, idle = bucket.split(has_grad)
-        for p in idle.params:
-          self._buckets[p] = idle
-        for p in bucket.params:
-          self._buckets[p] = bucket
-      active.append(bucket)
-    return active
+  def _init_state(self, chain: LoweredChain, hyper: list[torch.Tensor],
+                  params: list[torch.Tensor]) -> None:
+    """Fresh state for parameters that never stepped, from the lowered ``init``."""
+    values = chain.init(*hyper, *params)
+    for p in params:
+      self.state[p] = {}
+    for leaf, value in zip(chain.state, values):
+      owners = params if leaf.owner is None else [params[leaf.owner]]
+      for p in owners:
+        shape = _torch_chain.storage_shape(leaf, p)
+        self.state[p][leaf.name] = torch.as_tensor(value, device=p.device).to(
+            leaf.dtype).expand(leaf.shape).reshape(shape).clone(
+                memory_format=torch.contiguous_format)
+
+  # -- the step ----------------------------------------------------------------------
 
   @torch.no_grad()
   def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -244,95 +301,180 @@ class Optimizer(torch.optim.Optimizer):
       The closure's loss, or None.
 
     Raises:
-      ValueError: if a group's hyperparameters are invalid (nothing changes).
+      ValueError, TypeError: if a group's hyperparameters are invalid
+        (nothing changes: every group is checked first).
     """
     loss = None
     if closure is not None:
       with torch.enable_grad():
         loss = closure()
-    # Check every group before touching any parameter or state.
-    plans = []
-    for index in range(len(self.param_groups)):
-      traced, static = self._hyperparameters(index)
-      plans.append((index, traced, static))
-    for index, traced, static in plans:
-      for bucket in self._active_buckets(index, traced, static):
-        _, update = self._functions(static)
-        needs_params = self._needs_params(static, traced, bucket.dtype)
-        with _torch_bucket.x64_scope(bucket.dtype):
-          bucket.step(update, traced, needs_params)
+    plans = [self._hyperparameters(i) for i in range(len(self.param_groups))]
+    for index, (traced, static) in enumerate(plans):
+      group = self.param_groups[index]
+      by_kind: dict[tuple, list[torch.Tensor]] = {}
+      for p in group['params']:
+        if p.grad is not None:
+          by_kind.setdefault((p.device, p.dtype), []).append(p)
+      for (device, dtype), params in by_kind.items():
+        for positions in self._cohorts_of(index, params):
+          members = [group['params'][i] for i in positions]
+          self._step_cohort(members, traced, static, group['maximize'], device, dtype)
     return loss
 
-  def state_dict(self) -> dict[str, Any]:
-    """The state in torch's layout, as plain tensors (copies of the JAX state).
+  def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,
+                   maximize: bool, device: torch.device, dtype: torch.dtype) -> None:
+    names = tuple(sorted(traced))
+    chain = self._chain(names, static, params)
+    hyper_dtype = chain.hyper_dtype
+    hyper = [self._hyper_tensor(k, traced[k], device, hyper_dtype) for k in names]
+    if params[0] not in self.state:
+      self._init_state(chain, hyper, params)
+    grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
+    if maximize:
+      grads = torch._foreach_neg(grads)
+    state_in, targets = [], []
+    for leaf in chain.state:
+      owner = params[0 if leaf.owner is None else leaf.owner]
+      state_in.append(self.state[owner][leaf.name].view(leaf.shape))
+      targets.append([self.state[p][leaf.name] for p in
+                      (params if leaf.owner is None else [owner])])
+    args = [*hyper, *grads, *state_in, *(params if chain.needs_params else [])]
+    if self._runs_in_jax(chain):
+      outputs = chain.run_in_jax(args)
+      _write_back(params, targets, outputs)
+    elif self._compile and not torch.compiler.is_compiling():
+      self._compiled(chain)(params, targets, args)
+    else:
+      _write_back(params, targets, chain.update(*args))
 
-    Returns:
-      ``{'state': {index: {name: tensor}}, 'param_groups': [...]}`` where
-      ``index`` numbers the parameters across groups in order and ``name`` is
-      the leaf's path in the optax state (``'0.sum_of_squares'``). Loadable
-      with ``torch.load(weights_only=True)``.
+  def _runs_in_jax(self, chain: LoweredChain) -> bool:
+    if torch.compiler.is_compiling():
+      if chain.unsupported:
+        raise NotImplementedError(
+            f'this chain uses {sorted(chain.unsupported)}, which the torch lowering lacks; '
+            'it cannot run inside torch.compile.')
+      return False
+    if chain.unsupported:
+      message = ', '.join(sorted(chain.unsupported))
+      if message not in self._warned:
+        self._warned.add(message)
+        warnings.warn(f'no torch lowering for the JAX primitive(s) {message}: this chain '
+                      'runs on the JAX runtime.', RuntimeWarning, stacklevel=4)
+      return True
+    return self._executor == 'jax'
+
+  def _compiled(self, chain: LoweredChain) -> Callable:
+    key = id(chain)
+    if key not in self._compiled_steps:
+      def run(params, targets, args):
+        _write_back(params, targets, chain.update(*args))
+      self._compiled_steps[key] = torch.compile(run, fullgraph=True, dynamic=False)
+    return self._compiled_steps[key]
+
+  # -- state dicts ---------------------------------------------------------------------
+
+  def optax_state(self, group_index: int = 0) -> Any:
+    """The state of a param group as the optax state pytree the chain works on.
+
+    Leaves are JAX arrays that share memory with ``optimizer.state`` through
+    dlpack where XLA accepts the buffer. All parameters of the group must
+    have stepped together (one cohort); parameters are the dict
+    ``{'000000': p0, ...}`` in group order.
+
+    Raises:
+      ValueError: if the group's parameters have not all stepped together.
     """
-    index_of = {}
-    param_groups = []
-    for group in self.param_groups:
-      packed = {k: v for k, v in group.items() if k != 'params'}
-      packed['params'] = [index_of.setdefault(p, len(index_of)) for p in group['params']]
-      param_groups.append(packed)
-    state = {}
-    for bucket in {id(b): b for b in self._buckets.values()}.values():
-      for p, tensors in zip(bucket.params, bucket.export()):
-        state[index_of[p]] = tensors
-    return {'state': dict(sorted(state.items())), 'param_groups': param_groups}
+    import jax  # pylint: disable=import-outside-toplevel
+    params = self.param_groups[group_index]['params']
+    labels = {self._cohorts[group_index][i] for i, p in enumerate(params)}
+    if len(labels) != 1 or any(p not in self.state for p in params):
+      raise ValueError(f'param_groups[{group_index}]: not all parameters have stepped together.')
+    traced, static = self._hyperparameters(group_index)
+    chain = self._chain(tuple(sorted(traced)), static, params)
+    leaves = []
+    for leaf in chain.state:
+      owner = params[0 if leaf.owner is None else leaf.owner]
+      with _torch_chain.x64_scope(params[0].dtype):
+        leaves.append(jax.dlpack.from_dlpack(self.state[owner][leaf.name].view(leaf.shape)))
+    return jax.tree.unflatten(chain.update.in_tree.children()[2], leaves)
 
   def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
     """Restores a :meth:`state_dict`, so that training resumes bit-exactly.
 
-    Everything is checked before anything changes.
+    As ``torch.optim.Optimizer.load_state_dict`` (its hooks run), except
+    that state tensors keep their dtype (int32 counters, float32 state of
+    bfloat16 parameters) and move to their parameter's device. Everything is
+    checked before anything changes.
 
     Raises:
       ValueError: if the dict's structure, names, shapes or dtypes do not fit
         this optimizer's parameters and transformation.
     """
+    state_dict = dict(state_dict)
+    for hook in self._optimizer_load_state_dict_pre_hooks.values():
+      result = hook(self, state_dict)
+      if result is not None:
+        state_dict = result
     if not isinstance(state_dict, Mapping) or set(state_dict) != {'state', 'param_groups'}:
       raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'.")
     saved_groups = state_dict['param_groups']
     if len(saved_groups) != len(self.param_groups):
       raise ValueError(f'state_dict has {len(saved_groups)} param groups, '
                        f'this optimizer has {len(self.param_groups)}.')
-    param_of, group_of = {}, {}
+    param_of: dict[Any, tuple[int, int]] = {}
     for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
       if len(saved['params']) != len(group['params']):
         raise ValueError(f'param_groups[{index}] has {len(saved["params"])} parameters in '
                          f'state_dict, {len(group["params"])} in this optimizer.')
-      for saved_id, p in zip(saved['params'], group['params']):
-        param_of[saved_id], group_of[saved_id] = p, index
-    plans = [self._hyperparameters(i, saved) for i, saved in enumerate(saved_groups)]
-
-    members: dict[tuple, list] = {}
+      for position, saved_id in enumerate(saved['params']):
+        param_of[saved_id] = (index, position)
+    hyper = [self._hyperparameters(i, {**saved, 'params': []})
+             for i, saved in enumerate(saved_groups)]
+    new_state, shared_values = {}, {}
     for saved_id, tensors in state_dict['state'].items():
       if saved_id not in param_of:
         raise ValueError(f'state_dict has state for parameter {saved_id!r}, which no group lists.')
-      p, index = param_of[saved_id], group_of[saved_id]
-      traced, static = plans[index]
-      layout = self._layout(static, traced, p.dtype)
-      _check_param_state(saved_id, tensors, _torch_bucket.expected_state_shapes(p, layout))
-      shared = tuple(
-          tensors[name].tolist()
-          for name, per_element in zip(layout.names, layout.elementwise) if not per_element)
-      members.setdefault((index, p.dtype, p.device, repr(shared)), []).append((p, tensors, layout))
-
+      index, position = param_of[saved_id]
+      p = self.param_groups[index]['params'][position]
+      traced, static = hyper[index]
+      chain = self._chain(tuple(sorted(traced)), static, [p])
+      _check_param_state(saved_id, tensors, {
+          leaf.name: (_torch_chain.storage_shape(leaf, p), leaf.dtype) for leaf in chain.state})
+      new_state[p] = {k: v.to(device=p.device, copy=True) for k, v in tensors.items()}
+      shared_values[(index, position)] = repr(
+          [tensors[leaf.name].tolist() for leaf in chain.state if leaf.owner is None])
+    # Parameters whose shared state (step counts) agrees step together again.
+    cohorts = []
+    for index, group in enumerate(self.param_groups):
+      labels: dict[str, int] = {}
+      cohorts.append([labels.setdefault(shared_values.get((index, i), ''), len(labels))
+                      for i in range(len(group['params']))])
     for saved, group in zip(saved_groups, self.param_groups):
       group.update({k: v for k, v in saved.items() if k != 'params'})
-    self._buckets, self._checked = {}, {}
-    for entries in members.values():
-      params = [p for p, _, _ in entries]
-      states = [{k: v.to(p.device) for k, v in t.items()} for p, t, _ in entries]
-      bucket = Bucket.restore(params, states, entries[0][2])
-      for p in params:
-        self._buckets[p] = bucket
+    self.state.clear()
+    self.state.update(new_state)
+    self._cohorts = cohorts
+    self._checked = {}
+    for hook in self._optimizer_load_state_dict_post_hooks.values():
+      hook(self)
 
 
-def _check_param_state(saved_id: Any, tensors: Any, expected: dict) -> None:
+def _write_back(params: Sequence[torch.Tensor], targets: Sequence[Sequence[torch.Tensor]],
+                outputs: Sequence[torch.Tensor]) -> None:
+  """Adds the updates to the parameters and copies the new state into place."""
+  updates, new_state = outputs[:len(params)], outputs[len(params):]
+  torch._foreach_add_(list(params), list(updates))
+  destinations, sources = [], []
+  for dsts, value in zip(targets, new_state):
+    for dst in dsts:
+      destinations.append(dst)
+      sources.append(value.reshape(dst.shape) if isinstance(value, torch.Tensor)
+                     else torch.as_tensor(value))
+  if destinations:
+    torch._foreach_copy_(destinations, sources)
+
+
+def _check_param_state(saved_id: Any, tensors: Any, expected: Mapping[str, tuple]) -> None:
   """Raises ValueError unless ``tensors`` has exactly the expected names, shapes, dtypes."""
   if not isinstance(tensors, Mapping) or set(tensors) != set(expected):
     names = sorted(tensors) if isinstance(tensors, Mapping) else type(tensors).__name__
@@ -343,7 +485,6 @@ def _check_param_state(saved_id: Any, tensors: Any, expected: dict) -> None:
     if not isinstance(value, torch.Tensor):
       raise ValueError(f'state[{saved_id!r}][{name!r}] must be a torch.Tensor, '
                        f'got {type(value).__name__}.')
-    want_dtype = _torch_bucket.to_torch_dtype(dtype)
-    if tuple(value.shape) != shape or value.dtype != want_dtype:
-      raise ValueError(f'state[{saved_id!r}][{name!r}] must have shape {shape} and dtype '
-                       f'{want_dtype}, got {tuple(value.shape)} and {value.dtype}.')
+    if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+      raise ValueError(f'state[{saved_id!r}][{name!r}] must have shape {tuple(shape)} and '
+                       f'dtype {dtype}, got {tuple(value.shape)} and {value.dtype}.')

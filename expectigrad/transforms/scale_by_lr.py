@@ -28,7 +28,7 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
   The scalar is cast to each leaf's dtype, so the updates keep their dtype.
 
   Args:
-    learning_rate: a number > 0, or an ``optax.Schedule`` mapping the int32
+    learning_rate: a number >= 0, or an ``optax.Schedule`` mapping the int32
       step count (0 on the first step) to a learning rate.
 
   Returns:
@@ -36,9 +36,9 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
     a number and :class:`ScaleByLrState` for a schedule.
 
   Raises:
-    ValueError: if a numeric ``learning_rate`` is not > 0.
+    ValueError: if a numeric ``learning_rate`` is negative or not finite.
   """
-  _validation.check_positive('learning_rate', learning_rate)
+  _validation.check_non_negative('learning_rate', learning_rate)
 
   def scale(updates, step_size):
     return jax.tree.map(lambda u: (-jnp.asarray(step_size, u.dtype) * u), updates)

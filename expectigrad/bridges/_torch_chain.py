@@ -1,0 +1,139 @@
+"""An optax chain lowered to torch for one list of parameter shapes.
+
+:class:`LoweredChain` traces a chain's ``init`` and ``update`` once with JAX
+over abstract parameters (a dict ``{'000000': p0, '000001': p1, ...}``, so
+each state leaf's path names its parameter) and lowers both with
+:mod:`expectigrad.jax2torch`. It also describes the state: every leaf is
+either *owned* by one parameter (sums, counters, momenta: its path holds
+that parameter's key) or *shared* by all of them (step counts), and gets a
+name from its path without the parameter key (``'0.sum_of_squares'``).
+
+The same traced update can also run on the JAX runtime (:meth:`run_in_jax`),
+for chains with a primitive the lowering lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+import optax
+import torch
+
+from expectigrad import jax2torch
+from expectigrad.bridges._tree_paths import key_name
+
+MakeTransform = Callable[[dict], optax.GradientTransformation]
+
+
+def param_key(index: int) -> str:
+  """The dict key of the ``index``-th parameter: sorts in index order."""
+  return f'{index:06d}'
+
+
+def x64_scope(dtype: torch.dtype):
+  """JAX's 64-bit mode for float64 parameters only, leaving the global setting alone."""
+  return jax.enable_x64(True) if dtype == torch.float64 else contextlib.nullcontext()
+
+
+def jax_dtype(dtype: torch.dtype) -> np.dtype:
+  """torch dtype -> numpy/JAX dtype; by name, since numpy has no bfloat16 of its own."""
+  return jax.numpy.dtype(str(dtype).removeprefix('torch.'))
+
+
+def hyper_dtype(param_dtype: torch.dtype) -> torch.dtype:
+  """Traced hyperparameters are float64 for float64 parameters, else float32."""
+  return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+class StateLeaf(NamedTuple):
+  """One leaf of the lowered chain's state.
+
+  Attributes:
+    name: its path in the state tree without the parameter key.
+    owner: the index of the parameter that owns it, or None if shared.
+    shape: its shape in the optax state.
+    dtype: its torch dtype.
+  """
+  name: str
+  owner: int | None
+  shape: tuple[int, ...]
+  dtype: torch.dtype
+
+
+def _describe_state(state_shape: Any, n_params: int) -> list[StateLeaf]:
+  keys = {param_key(i): i for i in range(n_params)}
+  leaves = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state_shape)[0]:
+    names = [key_name(k) for k in path]
+    owners = [keys[n] for n in names if n in keys]
+    name = '.'.join(n for n in names if n not in keys)
+    leaves.append(StateLeaf(name, owners[-1] if owners else None, tuple(leaf.shape),
+                            jax2torch.torch_dtype(leaf.dtype)))
+  return leaves
+
+
+class LoweredChain:
+  """``init`` and ``update`` of a chain, lowered for given parameter shapes.
+
+  Args:
+    make: builds the chain from a dict of traced hyperparameters.
+    hyper_names: the names of those hyperparameters (sorted).
+    shapes: the parameters' shapes.
+    dtype: the parameters' dtype (one dtype per lowered chain).
+
+  Attributes:
+    state: one :class:`StateLeaf` per state leaf, in the programs' order.
+    needs_params: whether ``update`` reads the parameters.
+    unsupported: primitives of ``update`` the lowering lacks.
+  """
+
+  def __init__(self, make: MakeTransform, hyper_names: Sequence[str],
+               shapes: Sequence[tuple[int, ...]], dtype: torch.dtype):
+    self.n_params = len(shapes)
+    self.hyper_dtype = hyper_dtype(dtype)
+    with x64_scope(dtype):
+      hyper = {k: jax.ShapeDtypeStruct((), jax_dtype(self.hyper_dtype)) for k in hyper_names}
+      params = {param_key(i): jax.ShapeDtypeStruct(tuple(s), jax_dtype(dtype))
+                for i, s in enumerate(shapes)}
+      init = lambda h, p: make(h).init(p)
+      update = lambda h, g, s, p: make(h).update(g, s, p)
+      state = jax.eval_shape(init, hyper, params)
+      try:
+        jax.eval_shape(update, hyper, params, state, None)
+        self.needs_params = False
+      except Exception:  # pylint: disable=broad-except  (any failure: it reads params)
+        self.needs_params = True
+      self.init = jax2torch.lower(init, hyper, params)
+      self.update = jax2torch.lower(update, hyper, params, state,
+                                    params if self.needs_params else None)
+      self._jax_update = jax.jit(update)
+    self._dtype = dtype
+    self.state = _describe_state(state, self.n_params)
+    self.unsupported = self.init.unsupported | self.update.unsupported
+
+  def run_in_jax(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Runs the traced update on the JAX runtime: flat torch args in, flat torch results out.
+
+    Tensors cross through dlpack (zero-copy where XLA accepts the buffer).
+    """
+    with x64_scope(self._dtype):
+      leaves = [jax.dlpack.from_dlpack(a.detach().contiguous()) for a in args]
+      h, g, s, p = jax.tree.unflatten(self.update.in_tree, leaves)
+      out = self._jax_update(h, g, s, p)
+      return [torch.from_dlpack(x) for x in jax.tree.leaves(out)]
+
+
+def storage_shape(leaf: StateLeaf, param: torch.Tensor) -> tuple[int, ...]:
+  """The shape a state leaf is kept in, in torch: its parameter's, when sizes agree.
+
+  A chain may keep a parameter's per-element state in another layout
+  (raveled, say); torch users expect ``optimizer.state[p]`` shaped like ``p``.
+  """
+  if leaf.owner is not None and leaf.shape != tuple(param.shape) and (
+      math.prod(leaf.shape) == param.numel()):
+    return tuple(param.shape)
+  return leaf.shape
