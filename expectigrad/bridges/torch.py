@@ -132,12 +132,13 @@ class Optimizer(torch.optim.Optimizer):
     self._cohorts: list[list[int]] = []
     self._reset_caches()
     super().__init__(params, defaults)
+    self._lower_groups()
 
   def _reset_caches(self) -> None:
     """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
     self._lowered: dict[tuple, LoweredChain] = {}
     self._compiled_steps: dict[tuple, Callable] = {}
-    self._hyper_tensors: dict[tuple, torch.Tensor] = {}
+    self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
     self._warned: set[str] = set()
 
@@ -150,6 +151,7 @@ class Optimizer(torch.optim.Optimizer):
   def __setstate__(self, state: dict[str, Any]) -> None:
     super().__setstate__(state)
     self._reset_caches()
+    self._lower_groups()
 
   # -- hyperparameters --------------------------------------------------------
 
@@ -176,13 +178,10 @@ class Optimizer(torch.optim.Optimizer):
 
   def _hyperparameters(self, group_index: int, group: Mapping[str, Any] | None = None
                        ) -> tuple[dict[str, Any], tuple]:
-    """The ``(traced, static)`` factory arguments of a group, checked by the factory.
-
-    Python numbers are checked whenever they change; a tensor is checked for
-    its kind only (reading its value would synchronise with its device).
+    """The ``(traced, static)`` factory arguments of a group, checked.
 
     Raises:
-      ValueError: naming the group, if the factory rejects a value.
+      ValueError: naming the group, for a value out of range.
       TypeError: naming the group, for a value of the wrong type.
     """
     group = self.param_groups[group_index] if group is None else group
@@ -193,43 +192,60 @@ class Optimizer(torch.optim.Optimizer):
       return {}, ()
     named = self._factory_arguments(group)
     traced = {k: v for k, v in named.items() if _is_traced(v)}
-    static = tuple(sorted((k, v) for k, v in named.items() if not _is_traced(v)))
-    key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
-                 for k, v in sorted(traced.items())), static)
+    static = tuple((k, named[k]) for k in sorted(named) if k not in traced)
     try:
-      hash(key)
-    except TypeError as error:
-      raise TypeError(f'param_groups[{group_index}]: hyperparameters must be numbers, '
-                      f'0-d tensors or hashable constants, got {static}.') from error
-    if self._checked.get(group_index) != key:
-      concrete = {k: (0.5 if isinstance(v, torch.Tensor) else float(v))
-                  for k, v in traced.items()}
-      try:  # The factory validates concrete values; tensors stand in as a valid 0.5.
-        self._transform(**self._stand_ins(concrete, traced), **dict(static))
-      except (ValueError, TypeError) as error:
-        raise type(error)(f'param_groups[{group_index}]: {error}') from error
-      self._checked[group_index] = key
+      self._check_hyperparameters(group_index, traced, static)
+    except (ValueError, TypeError) as error:
+      raise type(error)(f'param_groups[{group_index}]: {error}') from error
     return traced, static
 
-  def _stand_ins(self, concrete: dict[str, float], traced: Mapping[str, Any]) -> dict[str, float]:
-    """Values the factory is called with to check a group (hook for subclasses)."""
-    del traced
-    return concrete
+  def _check_hyperparameters(self, group_index: int, traced: Mapping[str, Any],
+                             static: tuple) -> None:
+    """Checks a group's values by calling the factory with them (eager steps only).
+
+    Numbers are checked whenever they change; a tensor only for its kind
+    (reading its value would synchronise with its device). Subclasses that
+    know their hyperparameters check them here in plain Python, which also
+    runs inside ``torch.compile``.
+    """
+    if torch.compiler.is_compiling():
+      return
+    try:
+      key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
+                   for k, v in sorted(traced.items())), static)
+      hash(key)
+    except TypeError as error:
+      raise TypeError('hyperparameters must be numbers, 0-d tensors or hashable constants, '
+                      f'got {static}.') from error
+    if self._checked.get(group_index) != key:
+      # The factory validates concrete values; tensors stand in as 0.5.
+      concrete = {k: (0.5 if isinstance(v, torch.Tensor) else float(v))
+                  for k, v in traced.items()}
+      self._transform(**concrete, **dict(static))
+      self._checked[group_index] = key
 
   def _hyper_tensor(self, name: str, value: Any, device: torch.device, dtype: torch.dtype
                     ) -> torch.Tensor:
-    """``value`` as a 0-d tensor on ``device``; a cached one refilled when a number changes."""
+    """``value`` as a 0-d tensor on ``device``.
+
+    A tensor is used as it is (converted if needed). A number gets a cached
+    tensor, refilled when the number changes, so eager steps copy nothing to
+    the device while it stays the same. Inside ``torch.compile`` a number is
+    a constant of the graph, as for ``torch.optim``: pass 0-d tensors to
+    change values without recompiling.
+    """
     if isinstance(value, torch.Tensor):
       return value.to(device=device, dtype=dtype)
+    if torch.compiler.is_compiling():
+      return torch.full((), float(value), dtype=dtype, device=device)
     key = (name, device, dtype)
     cached = self._hyper_tensors.get(key)
-    if cached is None:
-      cached = self._hyper_tensors[key] = torch.tensor(float(value), dtype=dtype, device=device)
-      self._hyper_tensors[key, 'value'] = float(value)
-    elif self._hyper_tensors[key, 'value'] != float(value):
-      cached.fill_(float(value))
-      self._hyper_tensors[key, 'value'] = float(value)
-    return cached
+    if cached is None or cached[1] != float(value):
+      if cached is None:
+        cached = (torch.empty((), dtype=dtype, device=device), None)
+      cached[0].fill_(float(value))
+      cached = self._hyper_tensors[key] = (cached[0], float(value))
+    return cached[0]
 
   # -- lowering -----------------------------------------------------------------
 
@@ -240,39 +256,55 @@ class Optimizer(torch.optim.Optimizer):
 
   def _chain(self, hyper_names: tuple, static: tuple, params: Sequence[torch.Tensor]
              ) -> LoweredChain:
-    """The chain lowered for these parameters' shapes and dtype (traced once)."""
+    """The chain lowered for these parameters' shapes and dtype (traced once).
+
+    Raises:
+      RuntimeError: inside ``torch.compile``, for parameters not seen before
+        (JAX cannot be traced by dynamo; run one eager step first).
+    """
     shapes = tuple(tuple(p.shape) for p in params)
     key = (hyper_names, static, params[0].dtype, shapes)
     if key not in self._lowered:
+      if torch.compiler.is_compiling():
+        raise RuntimeError(
+            'this set of parameters has not been lowered yet, and JAX cannot run inside '
+            'torch.compile: run one optimizer step eagerly first (parameters without a '
+            'gradient, or a changed non-numeric hyperparameter, need a new lowering).')
       self._lowered[key] = LoweredChain(self._make(static), hyper_names, shapes,
                                         params[0].dtype)
     return self._lowered[key]
 
+  def _lower_groups(self) -> None:
+    """Lowers the chain for every group as a whole, ahead of a compiled first step."""
+    for index, group in enumerate(self.param_groups):
+      traced, static = self._hyperparameters(index)
+      every = group['params']
+      for positions in _by_kind(range(len(every)), every).values():
+        self._chain(tuple(sorted(traced)), static, [every[i] for i in positions])
+
   # -- state ----------------------------------------------------------------------
 
-  def _cohorts_of(self, group_index: int, params: list[torch.Tensor]) -> list[list[int]]:
-    """Positions of ``params`` in their group, split into cohorts that step together.
+  def _cohorts_of(self, group_index: int, positions: list[int]) -> list[list[int]]:
+    """``positions`` (parameters of one group, device and dtype) split into cohorts.
 
     Shared state (a step count) is one value for all parameters stepped by
     one lowered program. Parameters that stepped on different occasions have
     different counts, so they form different cohorts; a cohort that steps
-    only in part is split.
+    only in part is split, and parameters without state form a new one.
     """
     group = self.param_groups[group_index]['params']
     labels = self._cohorts[group_index]
-    position = {id(p): i for i, p in enumerate(group)}
     by_label: dict[int, list[int]] = {}
-    for p in params:
-      i = position[id(p)]
-      by_label.setdefault(labels[i] if p in self.state else -1, []).append(i)
-    cohorts = list(by_label.values())
+    for i in positions:
+      by_label.setdefault(labels[i] if len(self.state[group[i]]) else -1, []).append(i)
     for label, members in by_label.items():
-      everyone = [i for i, l in enumerate(labels) if l == label and group[i] in self.state]
-      if label == -1 or len(members) != len(everyone):
-        new = max(labels, default=0) + 1
+      size = sum(1 for i, other in enumerate(labels)
+                 if other == label and len(self.state[group[i]]))
+      if label == -1 or len(members) != size:
+        new = max(labels) + 1
         for i in members:
           labels[i] = new
-    return cohorts
+    return list(by_label.values())
 
   def _init_state(self, chain: LoweredChain, hyper: list[torch.Tensor],
                   params: list[torch.Tensor]) -> None:
@@ -311,23 +343,20 @@ class Optimizer(torch.optim.Optimizer):
     plans = [self._hyperparameters(i) for i in range(len(self.param_groups))]
     for index, (traced, static) in enumerate(plans):
       group = self.param_groups[index]
-      by_kind: dict[tuple, list[torch.Tensor]] = {}
-      for p in group['params']:
-        if p.grad is not None:
-          by_kind.setdefault((p.device, p.dtype), []).append(p)
-      for (device, dtype), params in by_kind.items():
-        for positions in self._cohorts_of(index, params):
-          members = [group['params'][i] for i in positions]
-          self._step_cohort(members, traced, static, group['maximize'], device, dtype)
+      stepping = [i for i, p in enumerate(group['params']) if p.grad is not None]
+      for positions in _by_kind(stepping, group['params']).values():
+        for cohort in self._cohorts_of(index, positions):
+          self._step_cohort([group['params'][i] for i in cohort], traced, static,
+                            group['maximize'])
     return loss
 
   def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,
-                   maximize: bool, device: torch.device, dtype: torch.dtype) -> None:
+                   maximize: bool) -> None:
     names = tuple(sorted(traced))
     chain = self._chain(names, static, params)
-    hyper_dtype = chain.hyper_dtype
-    hyper = [self._hyper_tensor(k, traced[k], device, hyper_dtype) for k in names]
-    if params[0] not in self.state:
+    device = params[0].device
+    hyper = [self._hyper_tensor(k, traced[k], device, chain.hyper_dtype) for k in names]
+    if not self.state[params[0]]:
       self._init_state(chain, hyper, params)
     grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
     if maximize:
@@ -340,8 +369,7 @@ class Optimizer(torch.optim.Optimizer):
                       (params if leaf.owner is None else [owner])])
     args = [*hyper, *grads, *state_in, *(params if chain.needs_params else [])]
     if self._runs_in_jax(chain):
-      outputs = chain.run_in_jax(args)
-      _write_back(params, targets, outputs)
+      _write_back(params, targets, chain.run_in_jax(args))
     elif self._compile and not torch.compiler.is_compiling():
       self._compiled(chain)(params, targets, args)
     else:
@@ -457,6 +485,14 @@ class Optimizer(torch.optim.Optimizer):
     self._checked = {}
     for hook in self._optimizer_load_state_dict_post_hooks.values():
       hook(self)
+
+
+def _by_kind(positions: Sequence[int], params: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
+  """Positions of ``params`` grouped by device and dtype (one lowered program each)."""
+  kinds: dict[tuple, list[int]] = {}
+  for i in positions:
+    kinds.setdefault((params[i].device, params[i].dtype), []).append(i)
+  return kinds
 
 
 def _write_back(params: Sequence[torch.Tensor], targets: Sequence[Sequence[torch.Tensor]],
