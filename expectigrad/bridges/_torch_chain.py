@@ -84,6 +84,7 @@ class LoweredChain:
     hyper_names: the names of those hyperparameters (sorted).
     shapes: the parameters' shapes.
     dtype: the parameters' dtype (one dtype per lowered chain).
+    device: the parameters' device (constants are placed there).
 
   Attributes:
     state: one :class:`StateLeaf` per state leaf, in the programs' order.
@@ -92,7 +93,7 @@ class LoweredChain:
   """
 
   def __init__(self, make: MakeTransform, hyper_names: Sequence[str],
-               shapes: Sequence[tuple[int, ...]], dtype: torch.dtype):
+               shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device):
     self.n_params = len(shapes)
     self.hyper_dtype = hyper_dtype(dtype)
     with x64_scope(dtype):
@@ -112,6 +113,8 @@ class LoweredChain:
                                     params if self.needs_params else None)
       self._jax_update = jax.jit(update)
     self._dtype = dtype
+    self.init.place(device)
+    self.update.place(device)
     self.state = _describe_state(state, self.n_params)
     self.unsupported = self.init.unsupported | self.update.unsupported
 

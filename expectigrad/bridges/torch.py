@@ -263,7 +263,7 @@ class Optimizer(torch.optim.Optimizer):
         (JAX cannot be traced by dynamo; run one eager step first).
     """
     shapes = tuple(tuple(p.shape) for p in params)
-    key = (hyper_names, static, params[0].dtype, shapes)
+    key = (hyper_names, static, params[0].dtype, params[0].device, shapes)
     if key not in self._lowered:
       if torch.compiler.is_compiling():
         raise RuntimeError(
@@ -271,7 +271,7 @@ class Optimizer(torch.optim.Optimizer):
             'torch.compile: run one optimizer step eagerly first (parameters without a '
             'gradient, or a changed non-numeric hyperparameter, need a new lowering).')
       self._lowered[key] = LoweredChain(self._make(static), hyper_names, shapes,
-                                        params[0].dtype)
+                                        params[0].dtype, params[0].device)
     return self._lowered[key]
 
   def _lower_groups(self) -> None:

@@ -51,12 +51,20 @@ class Program:
     """The primitives this program runs (nested ``cond`` branches excluded)."""
     return frozenset(op.primitive for op in self._graph.ops)
 
-  def _constants_on(self, device: torch.device) -> dict[int, torch.Tensor]:
-    """The jaxpr's constants, moved to ``device`` once rather than at every call."""
+  def place(self, device: torch.device) -> None:
+    """Moves the program's constants to ``device`` once, rather than at every call.
+
+    Call it outside ``torch.compile`` for every device the program will run
+    on, so a compiled caller does not see the cache change (and recompile).
+    """
     if device not in self._constants:
       self._constants[device] = {
           slot: value.to(device) for slot, value in self._graph.constants.items()}
-    return self._constants[device]
+
+  def _constants_on(self, device: torch.device) -> dict[int, torch.Tensor]:
+    if device in self._constants:
+      return self._constants[device]
+    return {slot: value.to(device) for slot, value in self._graph.constants.items()}
 
   def __call__(self, *args: Any, foreach: bool = True) -> list[Any]:
     """Runs the program.

@@ -14,6 +14,7 @@ not here: they run sub-jaxprs, so :mod:`._program` handles them.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -46,7 +47,6 @@ _elementwise('add', torch.add)
 _elementwise('sub', torch.sub)
 _elementwise('neg', torch.neg)
 _elementwise('abs', torch.abs)
-_elementwise('sign', torch.sign)
 _elementwise('floor', torch.floor)
 _elementwise('ceil', torch.ceil)
 _elementwise('sqrt', torch.sqrt)
@@ -72,6 +72,14 @@ _elementwise('ge', torch.ge)
 _elementwise('stop_gradient', lambda x: x)
 _elementwise('copy', torch.clone)
 _elementwise('copy_p', torch.clone)
+
+
+@_register('sign')
+def _sign(x, **_):
+  """XLA's sign: +-0 and NaN map to themselves (``torch.sign`` gives +0 for all three)."""
+  if not x.is_floating_point():
+    return torch.sign(x)
+  return torch.where((x == 0) | torch.isnan(x), x, torch.sign(x))
 
 
 @_register('square')
@@ -229,31 +237,72 @@ def _reduce_sum(x, *, axes, **_):
   return torch.sum(x, dim=tuple(axes), dtype=x.dtype) if axes else x
 
 
+def _extremum(x, axes, reduce, lowest: bool):
+  """``reduce`` (amax/amin) over ``axes``; over an empty axis, the identity XLA uses
+  (-inf/+inf, the integer minimum/maximum), where torch would raise."""
+  if not axes:
+    return x
+  if all(x.shape[a] for a in axes):
+    return reduce(x, dim=tuple(axes))
+  if x.dtype == torch.bool:
+    identity = not lowest
+  elif x.is_floating_point():
+    identity = -math.inf if lowest else math.inf
+  else:
+    identity = torch.iinfo(x.dtype).min if lowest else torch.iinfo(x.dtype).max
+  shape = [n for d, n in enumerate(x.shape) if d not in axes]
+  return torch.full(shape, identity, dtype=x.dtype, device=x.device)
+
+
 @_register('reduce_max')
 def _reduce_max(x, *, axes, **_):
-  return torch.amax(x, dim=tuple(axes)) if axes else x
+  return _extremum(x, axes, torch.amax, lowest=True)
 
 
 @_register('reduce_min')
 def _reduce_min(x, *, axes, **_):
-  return torch.amin(x, dim=tuple(axes)) if axes else x
+  return _extremum(x, axes, torch.amin, lowest=False)
 
 
 @_register('reduce_prod')
 def _reduce_prod(x, *, axes, **_):
   for axis in sorted(axes, reverse=True):
-    x = torch.prod(x, dim=axis)
+    x = torch.prod(x, dim=axis, dtype=x.dtype)  # torch.prod widens integers to int64
   return x
+
+
+def _reduce_bitwise(x, axes, op, identity: int):
+  """An integer ``reduce_and``/``reduce_or``: ``op`` folded over ``axes`` pairwise."""
+  kept = [d for d in range(x.ndim) if d not in axes]
+  reduced = math.prod(x.shape[d] for d in axes)
+  x = x.permute(kept + sorted(axes)).reshape([x.shape[d] for d in kept] + [reduced])
+  if x.shape[-1] == 0:
+    return torch.full(x.shape[:-1], identity, dtype=x.dtype, device=x.device)
+  while x.shape[-1] > 1:
+    half = x.shape[-1] // 2
+    folded = op(x[..., :half], x[..., half:2 * half])
+    x = torch.cat([folded, x[..., 2 * half:]], dim=-1)
+  return x[..., 0]
 
 
 @_register('reduce_and')
 def _reduce_and(x, *, axes, **_):
-  return torch.all(x, dim=tuple(axes)) if axes else x
+  """Logical for bool, bitwise for integers (``torch.all`` would return bool)."""
+  if not axes:
+    return x
+  if x.dtype == torch.bool:
+    return torch.all(x, dim=tuple(axes))
+  return _reduce_bitwise(x, axes, torch.bitwise_and, -1)
 
 
 @_register('reduce_or')
 def _reduce_or(x, *, axes, **_):
-  return torch.any(x, dim=tuple(axes)) if axes else x
+  """Logical for bool, bitwise for integers (``torch.any`` would return bool)."""
+  if not axes:
+    return x
+  if x.dtype == torch.bool:
+    return torch.any(x, dim=tuple(axes))
+  return _reduce_bitwise(x, axes, torch.bitwise_or, 0)
 
 
 @_register('argmax')
