@@ -1,62 +1,98 @@
 """Argument checks shared by the transforms and the framework front ends.
 
-Hyperparameters may arrive as Python numbers, concrete arrays, or JAX tracers
-(``optax.inject_hyperparams`` and the bridges feed them in as traced values).
-A tracer has no value to check, so it is let through: its concrete value was
-checked where it entered (or it is the user's responsibility under tracing).
+Hyperparameters may arrive as Python numbers, numpy scalars, 0-d arrays or
+tensors, or JAX tracers (``optax.inject_hyperparams`` and the bridges feed
+them in as traced values). A tracer has no value to check, so it is let
+through: its concrete value was checked where it entered (or it is the
+user's responsibility under tracing). Anything else that is not a real
+number (strings, None, complex numbers, sequences, bools) is a ``TypeError``
+naming the argument; a real number out of range is a ``ValueError``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import jax
 
 
-def _concrete_float(value: Any) -> float | None:
-  """Returns ``value`` as a float, or None if it has no concrete scalar value."""
-  if callable(value) or isinstance(value, jax.core.Tracer):
-    return None
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return None
-
-
-def check_positive(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` is > 0 (schedules and tracers pass).
+def _real(name: str, value: Any, accepted: str, schedules: bool = False) -> float | None:
+  """``value`` as a float; None for a tracer (or a schedule, where ``schedules``).
 
   Raises:
+    TypeError: naming ``name`` and ``accepted``, if ``value`` is not a real number.
+  """
+  if isinstance(value, jax.core.Tracer) or (schedules and callable(value)):
+    return None
+  if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    return float(value)
+  dtype = str(getattr(value, 'dtype', ''))
+  if getattr(value, 'ndim', None) == 0 and not any(k in dtype for k in ('complex', 'bool')):
+    try:
+      return float(value)
+    except (TypeError, ValueError):  # a symbolic 0-d tensor (a TF1 graph): no value yet
+      return None
+  kind = 'a number' + (' or a schedule' if schedules else '')
+  raise TypeError(f'{name} must be {kind} {accepted}, got {value!r} '
+                  f'({type(value).__name__}).')
+
+
+def check_positive(name: str, value: Any, schedules: bool = False) -> None:
+  """Checks that ``value`` is a finite real number > 0 (tracers pass).
+
+  Args:
+    name: the argument's name, for the message.
+    value: the value to check.
+    schedules: whether a callable (a schedule) is accepted unchecked.
+
+  Raises:
+    TypeError: if ``value`` is not a real number, naming ``name``.
     ValueError: naming ``name`` and the accepted range.
   """
-  number = _concrete_float(value)
+  number = _real(name, value, '> 0', schedules)
   if number is not None and not (number > 0 and math.isfinite(number)):
     raise ValueError(f'{name} must be a finite number > 0, got {value!r}.')
 
 
-def check_non_negative(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` is >= 0 (schedules and tracers pass).
+def check_non_negative(name: str, value: Any, schedules: bool = False) -> None:
+  """Checks that ``value`` is a finite real number >= 0 (tracers pass).
 
   A learning rate of 0 is valid (a cosine schedule ends there), as in
   ``torch.optim``.
 
+  Args:
+    name: the argument's name, for the message.
+    value: the value to check.
+    schedules: whether a callable (a schedule) is accepted unchecked.
+
   Raises:
+    TypeError: if ``value`` is neither a real number nor callable, naming ``name``.
     ValueError: naming ``name`` and the accepted range.
   """
-  number = _concrete_float(value)
+  number = _real(name, value, '>= 0', schedules)
   if number is not None and not (number >= 0 and math.isfinite(number)):
     raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
 
 
 def check_unit_interval(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` lies in [0, 1) (tracers pass).
+  """Checks that ``value`` is a real number in [0, 1) (tracers pass).
 
   Raises:
+    TypeError: if ``value`` is not a real number, naming ``name``.
     ValueError: naming ``name`` and the accepted range.
   """
-  number = _concrete_float(value)
+  number = _real(name, value, 'in [0, 1)')
   if number is not None and not 0.0 <= number < 1.0:
     raise ValueError(f'{name} must be in [0, 1), got {value!r}.')
-  if number is None and callable(value):
-    raise ValueError(f'{name} must be a number in [0, 1), got a callable.')
+
+
+def check_bool(name: str, value: Any) -> None:
+  """Checks that ``value`` is a bool (``'False'`` would silently be true).
+
+  Raises:
+    TypeError: naming ``name``.
+  """
+  if not isinstance(value, bool):
+    raise TypeError(f'{name} must be a bool, got {value!r} ({type(value).__name__}).')

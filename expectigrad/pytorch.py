@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import torch
+
 from expectigrad import _validation
 from expectigrad.alias import expectigrad
 from expectigrad.bridges import torch as torch_bridge
@@ -47,11 +49,8 @@ class Expectigrad(torch_bridge.Optimizer):
       eps: float = 1e-8,
       sparse_counter: bool = True,
   ):
-    _validation.check_non_negative('lr', lr)
-    _validation.check_unit_interval('beta', beta)
-    _validation.check_positive('eps', eps)
     super().__init__(params, expectigrad, lr=lr, beta=beta, eps=eps,
-                     sparse_counter=bool(sparse_counter), momentum=None)
+                     sparse_counter=sparse_counter, momentum=None)
 
   def _factory_arguments(self, group: Mapping[str, Any]) -> dict[str, Any]:
     """``momentum``, when set (by ``OneCycleLR``), is ``beta``."""
@@ -60,3 +59,27 @@ class Expectigrad(torch_bridge.Optimizer):
     if group.get('momentum') is not None:
       arguments['beta'] = group['momentum']
     return arguments
+
+  def _check_hyperparameters(self, group_index: int, traced: Mapping[str, Any],
+                             static: tuple) -> None:
+    """Expectigrad's ranges, in plain Python, so the checks also run under ``torch.compile``.
+
+    A tensor is checked for its kind only: reading its value would
+    synchronise with its device.
+    """
+    del group_index
+    values = {**dict(static), **traced}
+    checks = {'learning_rate': ('lr', _validation.check_non_negative),
+              'beta': ('beta', _validation.check_unit_interval),
+              'eps': ('eps', _validation.check_positive)}
+    for key, (name, check) in checks.items():
+      value = values[key]
+      if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or not value.is_floating_point():
+          raise TypeError(f'{name} must be a number or a 0-d floating-point tensor, '
+                          f'got a {value.dtype} tensor of shape {tuple(value.shape)}.')
+      elif not callable(value):
+        check(name, value)
+      else:
+        raise TypeError(f'{name} must be a number or a 0-d tensor, got {value!r}.')
+    _validation.check_bool('sparse_counter', values['sparse_counter'])

@@ -31,8 +31,6 @@ Known deviations from bit-identity (measured on XLA:CPU and torch CPU):
   XLA's approximations are the less accurate side (up to 16-21, 4, 5, 4 and
   ~130 ulp from the true value; torch stays within 1 ulp). Checked at a
   per-case ``max_ulp``.
-- ``sign`` through ``foreach=True``: ``torch._foreach_sign`` maps NaN and
-  -0.0 to +0.0, and ``_foreach`` batches ``sign`` with it (strict xfail).
 """
 
 from __future__ import annotations
@@ -94,6 +92,11 @@ def specials(rng, shape, dtype):
   return x
 
 
+def signed_zeros(rng, shape, dtype):
+  """Mostly +-0.0 (ties of zeros of both signs), with +-1 and NaN."""
+  return np.asarray(rng.choice(np.array([-0.0, 0.0, -0.0, 0.0, 1.0, -1.0, np.nan]), shape), dtype)
+
+
 def small_ints(rng, shape, dtype):
   """Values in -3..3: ties for comparisons, argmax and max/min."""
   return np.asarray(rng.integers(-3, 4, shape), dtype)
@@ -123,7 +126,7 @@ def indices(n):
 
 
 def scalar(gen):
-  """``gen`` at shape (): a 0-d operand in every argument set."""
+  """``gen`` at shape (): a 0-d operand of its own in every argument set."""
   return lambda rng, shape, dtype: gen(rng, (), dtype)
 
 
@@ -132,16 +135,16 @@ def fixed_dtype(gen, dtype):
   return lambda rng, shape, _: gen(rng, shape, dtype)
 
 
-def floats_or(gen_float, gen_other):
-  """``gen_float`` for float dtypes, ``gen_other`` for the others."""
-  def generate(rng, shape, dtype):
-    return (gen_float if np.dtype(dtype).kind == 'f' else gen_other)(rng, shape, dtype)
-  return generate
+def by_kind(f=None, i=None, b=bools):
+  """The generator for the dtype's kind: floats, (signed) integers, bools."""
+  generators = {'f': f, 'i': i, 'b': b}
+  return lambda rng, shape, dtype: generators[np.dtype(dtype).kind](rng, shape, dtype)
 
 
-ANY = floats_or(specials, ints)  # NaN, infinities and signed zeros for floats
-TIES = floats_or(specials, small_ints)
-FINITE = floats_or(normal, ints)
+ANY = by_kind(f=specials, i=ints)  # NaN, infinities and signed zeros for floats
+TIES = by_kind(f=specials, i=small_ints)
+FINITE = by_kind(f=normal, i=ints)
+LOGIC = by_kind(i=ints)  # random bits for integers, random bools
 
 
 # ---------------------------------------------------------------------------
@@ -154,27 +157,31 @@ class Case:
   Attributes:
     id: the test id.
     primitive: the primitive the lowered program must run.
-    fn: the JAX function, taking one argument per entry of ``inputs``.
-    inputs: one generator per argument.
+    fn: the JAX function, taking one argument per entry of ``inputs``, then
+      one per entry of ``shared``.
+    inputs: one generator per argument of an argument set.
+    shared: generators of 0-d arguments shared by every argument set (a
+      learning rate, say: foreach batches them as one scalar operand).
     dtypes: the dtypes to run (passed to the generators).
     check: EXACT, ULP or REL.
     shapes: one argument set per shape, all lowered into one program.
     max_ulp: the ULP bound per float dtype.
     reference: expected outputs from the numpy arguments (default: ``jax.jit(fn)``).
     x64: trace and run JAX with 64-bit types even for 32-bit inputs.
-    foreach_xfail: why ``foreach=True`` is known to differ (a strict xfail).
+    foreach_xfail: the xfail mark of ``foreach=True``, where it is known to differ.
   """
   id: str
   primitive: str
   fn: Callable[..., Any]
   inputs: tuple[Callable, ...]
+  shared: tuple[Callable, ...] = ()
   dtypes: tuple[str, ...] = FLOATS
   check: str = EXACT
   shapes: tuple[tuple[int, ...], ...] = ELEMENTWISE_SHAPES
   max_ulp: Mapping[str, int] = dataclasses.field(default_factory=ulps, hash=False)
   reference: Callable[..., Any] | None = None
   x64: bool = False
-  foreach_xfail: str | None = None
+  foreach_xfail: pytest.MarkDecorator | None = dataclasses.field(default=None, hash=False)
 
 
 def elementwise(primitive, fn, *inputs, id=None, **kwargs):
@@ -205,16 +212,15 @@ def fake_primitive(name: str, numpy_impl: Callable[..., np.ndarray]) -> Callable
   return lambda x, **params: primitive.bind(x, **params)
 
 
-_copy_p = fake_primitive('copy_p', np.array)
-_expand_dims = fake_primitive('expand_dims', lambda x, dimensions: np.expand_dims(x, dimensions))
 
 
 def _identity(op, dtype):
-  if op in (lax.max, lax.min):
-    info = np.finfo(dtype) if np.dtype(dtype).kind == 'f' else np.iinfo(dtype)
-    sign = -1 if op is lax.max else 1
-    return sign * np.inf if np.dtype(dtype).kind == 'f' else (info.min if sign < 0 else info.max)
-  return {lax.add: 0, lax.mul: 1, lax.bitwise_and: -1, lax.bitwise_or: 0}[op]
+  """The identity of ``op`` in ``dtype``, from which ``lax.reduce`` picks the primitive."""
+  if op not in (lax.max, lax.min):
+    return {lax.add: 0, lax.mul: 1, lax.bitwise_and: -1, lax.bitwise_or: 0}[op]
+  if np.dtype(dtype).kind == 'f':
+    return -np.inf if op is lax.max else np.inf
+  return np.iinfo(dtype).min if op is lax.max else np.iinfo(dtype).max
 
 
 def reduction(name, op, axes, gen, dtypes, check=EXACT):
@@ -230,19 +236,17 @@ def convert(new_dtype, gen, source, x64=False):
               (gen,), dtypes=(source,), x64=x64)
 
 
-def shape_op(id, fn, shapes, primitive=None, **kwargs):
-  return Case(id, primitive or id.split('[')[0], fn, (ANY,), dtypes=NUMERIC, shapes=shapes,
-              **kwargs)
+def shape_op(id, fn, shapes, **kwargs):
+  """A shape operation (the primitive named by ``id``) on every dtype, specials included."""
+  return Case(id, id.split('[')[0], fn, (ANY,), dtypes=NUMERIC, shapes=shapes, **kwargs)
 
 
 def contraction(id, dimension_numbers, shape, dtypes=FLOATS, **kwargs):
   fn = lambda x, y: lax.dot_general(x, y, dimension_numbers, **kwargs)  # noqa: E731
-  gen = floats_or(normal, small_ints)
+  gen = by_kind(f=normal, i=small_ints)
   return Case(f'dot_general[{id}]', 'dot_general', fn, (gen, gen), dtypes=dtypes,
               check=REL, shapes=(shape,))
 
-
-_SIGN_FOREACH = 'torch._foreach_sign maps NaN and -0.0 to +0.0'
 
 CASES: list[Case] = [
     # Arithmetic: two arrays, an array and a literal, an array and a 0-d array.
@@ -262,19 +266,31 @@ CASES: list[Case] = [
     elementwise('div', lambda x: lax.div(1.0, x), specials, id='div[literal-first]'),
     elementwise('max', lambda x: lax.max(x, 0.5), specials, id='max[literal]'),
     elementwise('min', lambda x: lax.min(x, 0.5), specials, id='min[literal]'),
-    elementwise('add', lax.add, specials, scalar(normal), id='add[0-d]'),
-    elementwise('sub', lax.sub, specials, scalar(normal), id='sub[0-d]'),
-    elementwise('sub', lax.sub, scalar(normal), specials, id='sub[0-d-first]'),
-    elementwise('mul', lax.mul, scalar(normal), specials, id='mul[0-d-first]'),
-    elementwise('max', lax.max, specials, scalar(specials), id='max[0-d]'),
+    elementwise('add', lax.add, specials, shared=(normal,), id='add[0-d]'),
+    elementwise('sub', lax.sub, specials, shared=(normal,), id='sub[0-d]'),
+    elementwise('sub', lambda x, c: lax.sub(c, x), specials, shared=(normal,),
+                id='sub[0-d-first]'),
+    elementwise('mul', lambda x, c: lax.mul(c, x), specials, shared=(normal,),
+                id='mul[0-d-first]'),
+    elementwise('max', lax.max, specials, shared=(specials,), id='max[0-d]'),
+    elementwise('max', lax.max, specials, scalar(specials), id='max[0-d-per-set]'),
+    # XLA orders -0.0 below +0.0 in max, min and clamp.
+    *(binary(name, signed_zeros, id=f'{name}[signed-zeros]')
+      for name in ('max', 'min')),
+    *(elementwise(name, lambda x, op=getattr(lax, name): op(x, 0.0), signed_zeros,
+                  id=f'{name}[literal-0]')
+      for name in ('max', 'min')),
+    elementwise('clamp', lambda x: lax.clamp(0.0, x, 1.0), signed_zeros, id='clamp[zero-bound]'),
+    elementwise('clamp', lambda x: lax.clamp(-1.0, x, -0.0), signed_zeros,
+                id='clamp[negative-zero-bound]'),
     # XLA computes x / broadcast(c) as x * broadcast(1 / c); torch divides.
     elementwise('div', lambda x: lax.div(x, 3.0), normal, id='div[literal]', check=ULP,
                 max_ulp=ulps(1, 1)),
-    elementwise('div', lax.div, normal, scalar(nonzero), id='div[0-d]', check=ULP,
+    elementwise('div', lax.div, normal, shared=(nonzero,), id='div[0-d]', check=ULP,
                 max_ulp=ulps(1, 1)),
     unary('neg', ANY, dtypes=NUMERIC),
     unary('abs', ANY, dtypes=NUMERIC),
-    unary('sign', foreach_xfail=_SIGN_FOREACH),
+    unary('sign'),
     unary('sign', ints, dtypes=INT, id='sign[int]'),
     unary('floor'),
     unary('ceil'),
@@ -304,8 +320,8 @@ CASES: list[Case] = [
     unary('erf', uniform(-4, 4), check=ULP, max_ulp=ulps(8, 2)),
     # Comparisons, logic, selection.
     *(binary(name, TIES, dtypes=NUMERIC) for name in ('eq', 'ne', 'lt', 'le', 'gt', 'ge')),
-    *(binary(name, ints, dtypes=LOGICAL) for name in ('and', 'or', 'xor')),
-    elementwise('not', lax.bitwise_not, ints, dtypes=LOGICAL),
+    *(binary(name, LOGIC, dtypes=LOGICAL) for name in ('and', 'or', 'xor')),
+    elementwise('not', lax.bitwise_not, LOGIC, dtypes=LOGICAL),
     elementwise('select_n', lax.select_n, bools, ANY, ANY, dtypes=NUMERIC,
                 id='select_n[bool]'),
     elementwise('select_n', lax.select_n, indices(3), ANY, ANY, ANY, dtypes=NUMERIC,
@@ -337,8 +353,6 @@ CASES: list[Case] = [
     shape_op('reshape', lambda x: lax.reshape(x, (x.size,)), ((3, 4), (2, 3, 3), (), (0, 3))),
     shape_op('squeeze', lambda x: lax.squeeze(x, [i for i, d in enumerate(x.shape) if d == 1]),
              ((3, 1, 4), (1,), (1, 2, 1))),
-    shape_op('expand_dims', lambda x: _expand_dims(x, dimensions=(0, 2)), ((3, 4), (5,)),
-             reference=lambda x: np.expand_dims(x, (0, 2))),
     shape_op('transpose', lambda x: lax.transpose(x, tuple(range(1, x.ndim)) + (0,)),
              SHAPES_3D),
     Case('concatenate', 'concatenate', lambda x, y: lax.concatenate([x, y, x], 0), (ANY, ANY),
@@ -353,7 +367,7 @@ CASES: list[Case] = [
     *(reduction(name, op, axes, TIES, NUMERIC)
       for name, op in (('reduce_max', lax.max), ('reduce_min', lax.min))
       for axes in ((1,), (0, 2))),
-    *(reduction(name, op, axes, ints, LOGICAL)
+    *(reduction(name, op, axes, LOGIC, LOGICAL)
       for name, op in (('reduce_and', lax.bitwise_and), ('reduce_or', lax.bitwise_or))
       for axes in ((1,), (0, 2))),
     *(Case(f'argmax[{axis}]', 'argmax', lambda x, axis=axis: lax.argmax(x, axis, np.int32),
@@ -366,7 +380,6 @@ CASES: list[Case] = [
                 preferred_element_type=np.float32),
     # Identities.
     elementwise('copy', jnp.copy, ANY, dtypes=NUMERIC),
-    elementwise('copy_p', _copy_p, ANY, dtypes=NUMERIC, reference=np.array),
     elementwise('stop_gradient', lax.stop_gradient, ANY, dtypes=NUMERIC),
 ]
 # Not one case each: test_cond_runs_every_branch below.
@@ -447,13 +460,14 @@ def _lowered(case: Case, dtype: str) -> tuple[jax2torch.Program, list, list]:
   """The case's program, arguments and expected outputs (shared by both paths)."""
   rng = np.random.default_rng(sum(map(ord, case.id + dtype)))
   sets = [tuple(gen(rng, shape, dtype) for gen in case.inputs) for shape in case.shapes]
-  fn = lambda sets: [case.fn(*args) for args in sets]  # noqa: E731
+  shared = tuple(gen(rng, (), dtype) for gen in case.shared)
+  fn = lambda sets, shared: [case.fn(*args, *shared) for args in sets]  # noqa: E731
   with _x64(dtype, case.x64):
     if case.reference is None:
-      expected = jax.jit(fn)(sets)
+      expected = jax.jit(fn)(sets, shared)
     else:
-      expected = [case.reference(*args) for args in sets]
-    return lower_checked(fn, sets, primitive=case.primitive), sets, expected
+      expected = [case.reference(*args, *shared) for args in sets]
+    return lower_checked(fn, sets, shared, primitive=case.primitive), (sets, shared), expected
 
 
 def _case_params():
@@ -461,8 +475,7 @@ def _case_params():
   for case in CASES:
     for dtype in case.dtypes:
       for foreach in (False, True):
-        marks = ([pytest.mark.xfail(reason=case.foreach_xfail, strict=True)]
-                 if foreach and case.foreach_xfail else [])
+        marks = [case.foreach_xfail] if foreach and case.foreach_xfail else []
         params.append(pytest.param(case, dtype, foreach, marks=marks,
                                    id=f'{case.id}-{dtype}-{"foreach" if foreach else "single"}'))
   return params
@@ -472,8 +485,8 @@ def _case_params():
 def test_primitive_matches_jax(case: Case, dtype: str, foreach: bool):
   """The lowered primitive gives jitted JAX's result (bit-identical unless the
   case says ULP or REL) on every argument set, with and without foreach batching."""
-  program, sets, expected = _lowered(case, dtype)
-  actual = run_program(program, [sets], foreach)
+  program, args, expected = _lowered(case, dtype)
+  actual = run_program(program, args, foreach)
   for a, e in zip(actual, jax.tree.leaves(expected), strict=True):
     assert_matches(a, e, case.check, case.max_ulp)
 

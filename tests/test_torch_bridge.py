@@ -292,6 +292,6 @@ def test_bridge_argument_errors():
 
 def test_bad_added_group_raises_and_is_not_added():
   x, opt = _stepped()
-  with pytest.raises(ValueError, match='learning_rate'):
+  with pytest.raises(ValueError, match=r'param_groups\[1\]: lr must be'):
     opt.add_param_group({'params': [torch.nn.Parameter(torch.ones(2))], 'lr': -1.0})
   assert len(opt.param_groups) == 1

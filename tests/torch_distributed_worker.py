@@ -60,3 +60,6 @@ def worker(rank: int, world: int, port: int, mode: str, out_path: str) -> None:
                   'state_entries': len(state['state'])}, out_path)
   finally:
     dist.destroy_process_group()
+  # Skip interpreter teardown: destroying DDP's reducer at exit can deadlock in
+  # gloo's thread join (its thread waits for the GIL the joining thread holds).
+  os._exit(0)

@@ -95,7 +95,7 @@ def expectigrad_factory(
     ValueError: if a numeric ``learning_rate`` is not > 0, ``beta`` is outside
       [0, 1) or ``epsilon <= 0`` (checked now, before any variable exists).
   """
-  _validation.check_positive('learning_rate', learning_rate)
+  _validation.check_positive('learning_rate', learning_rate, schedules=True)
   _validation.check_unit_interval('beta', beta)
   _validation.check_positive('epsilon', epsilon)
   return functools.partial(expectigrad, beta=beta, eps=epsilon, sparse_counter=sparse_counter)

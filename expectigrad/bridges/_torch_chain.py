@@ -64,7 +64,8 @@ class StateLeaf(NamedTuple):
   dtype: torch.dtype
 
 
-def _describe_state(state_shape: Any, n_params: int) -> list[StateLeaf]:
+def describe_state(state_shape: Any, n_params: int) -> list[StateLeaf]:
+  """One :class:`StateLeaf` per leaf of a state traced over ``n_params`` keyed parameters."""
   keys = {param_key(i): i for i in range(n_params)}
   leaves = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(state_shape)[0]:
@@ -113,9 +114,10 @@ class LoweredChain:
                                     params if self.needs_params else None)
       self._jax_update = jax.jit(update)
     self._dtype = dtype
+    self.device = device
     self.init.place(device)
     self.update.place(device)
-    self.state = _describe_state(state, self.n_params)
+    self.state = describe_state(state, self.n_params)
     self.unsupported = self.init.unsupported | self.update.unsupported
 
   def run_in_jax(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _torch_chain
-from expectigrad.bridges._torch_chain import LoweredChain, StateLeaf
+from expectigrad.bridges import _torch_chain, _torch_flat_jax
+from expectigrad.bridges._torch_chain import LoweredChain
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
 # listed are passed under their own name (beta, eps, sparse_counter, ...).
@@ -50,13 +50,19 @@ def _accepted_names(transform: Any, defaults: Mapping[str, Any]) -> frozenset[st
       inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)})
 
 
+def _number(value: Any) -> Any:
+  """A numpy floating scalar or 0-d array as a Python float; anything else as it is."""
+  if isinstance(value, (np.floating, np.ndarray)) and np.ndim(value) == 0 and (
+      np.asarray(value).dtype.kind == 'f'):
+    return float(value)
+  return value
+
+
 def _is_traced(value: Any) -> bool:
   """Real floating-point numbers enter the lowered step as 0-d tensors (edits never re-trace)."""
   if isinstance(value, torch.Tensor):
     return value.ndim == 0 and value.is_floating_point()
-  if isinstance(value, np.ndarray):
-    return value.ndim == 0 and value.dtype.kind == 'f'
-  return isinstance(value, (float, np.floating))
+  return isinstance(value, float)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -137,6 +143,8 @@ class Optimizer(torch.optim.Optimizer):
   def _reset_caches(self) -> None:
     """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
     self._lowered: dict[tuple, LoweredChain] = {}
+    self._flat_chains: dict[tuple, _torch_flat_jax.FlatChain] = {}
+    self._flat_cohorts: dict[tuple, _torch_flat_jax.Cohort] = {}
     self._compiled_steps: dict[tuple, Callable] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
@@ -190,7 +198,7 @@ class Optimizer(torch.optim.Optimizer):
                       f'got {group["maximize"]!r}.')
     if isinstance(self._transform, optax.GradientTransformation):
       return {}, ()
-    named = self._factory_arguments(group)
+    named = {k: _number(v) for k, v in self._factory_arguments(group).items()}
     traced = {k: v for k, v in named.items() if _is_traced(v)}
     static = tuple((k, named[k]) for k in sorted(named) if k not in traced)
     try:
@@ -361,21 +369,48 @@ class Optimizer(torch.optim.Optimizer):
     grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
     if maximize:
       grads = torch._foreach_neg(grads)
+    in_jax = self._runs_in_jax(chain)
+    if in_jax:
+      flat = self._flat_chain(chain, names, static, params)
+      if flat.usable:
+        self._flat_cohort(flat, params).step(self.state, traced, grads)
+        return
     state_in, targets = [], []
     for leaf in chain.state:
       owner = params[0 if leaf.owner is None else leaf.owner]
       state_in.append(self.state[owner][leaf.name].view(leaf.shape))
+      # A shared leaf is read from the first parameter and written to all,
+      # that one last: Inductor (torch 2.13) may recompute the new value from
+      # the source after writing it (measured: counts one too high).
       targets.append([self.state[p][leaf.name] for p in
-                      (params if leaf.owner is None else [owner])])
+                      (params[1:] + params[:1] if leaf.owner is None else [owner])])
     args = [*hyper, *grads, *state_in, *(params if chain.needs_params else [])]
-    if self._runs_in_jax(chain):
+    if in_jax:
       _write_back(params, targets, chain.run_in_jax(args))
     elif self._compile and not torch.compiler.is_compiling():
       self._compiled(chain)(params, targets, args)
     else:
       _write_back(params, targets, chain.update(*args))
 
+  def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
+                   ) -> _torch_flat_jax.Cohort:
+    """The flat JAX state of these parameters (new if they did not step together before)."""
+    key = tuple(id(p) for p in params)
+    cohort = self._flat_cohorts.get(key)
+    if cohort is None or cohort.chain is not flat:
+      cohort = self._flat_cohorts[key] = _torch_flat_jax.Cohort(flat, params)
+    return cohort
+
+  def _flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
+                  params: Sequence[torch.Tensor]) -> _torch_flat_jax.FlatChain:
+    key = (id(chain), sum(p.numel() for p in params))
+    if key not in self._flat_chains:
+      self._flat_chains[key] = _torch_flat_jax.FlatChain(
+          self._make(static), names, chain, key[1], params[0].dtype)
+    return self._flat_chains[key]
+
   def _runs_in_jax(self, chain: LoweredChain) -> bool:
+    """Whether this step runs on the JAX runtime (see the class docstring)."""
     if torch.compiler.is_compiling():
       if chain.unsupported:
         raise NotImplementedError(
@@ -389,6 +424,8 @@ class Optimizer(torch.optim.Optimizer):
         warnings.warn(f'no torch lowering for the JAX primitive(s) {message}: this chain '
                       'runs on the JAX runtime.', RuntimeWarning, stacklevel=4)
       return True
+    if self._executor == 'auto':
+      return chain.device.type == 'cpu' and not self._compile
     return self._executor == 'jax'
 
   def _compiled(self, chain: LoweredChain) -> Callable:

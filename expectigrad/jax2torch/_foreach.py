@@ -8,8 +8,8 @@ that single call over all leaves (one pass per primitive, however many
 tensors). Everything else runs one operation at a time.
 
 Every foreach form used here computes exactly what the single operation
-computes, element for element (``x - t`` as ``x + (-1) * t``, ``s - x`` as
-``(-x) + s``), so both paths give bit-identical results.
+computes, element for element (``s - x`` as ``(-x) + s``), so both paths
+give bit-identical results.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ Step = Callable[[Slots], None]
 
 _UNARY = {
     'neg': torch._foreach_neg, 'sqrt': torch._foreach_sqrt, 'rsqrt': torch._foreach_rsqrt,
-    'abs': torch._foreach_abs, 'sign': torch._foreach_sign, 'exp': torch._foreach_exp,
+    'abs': torch._foreach_abs, 'exp': torch._foreach_exp,
     'log': torch._foreach_log, 'log1p': torch._foreach_log1p, 'expm1': torch._foreach_expm1,
     'cos': torch._foreach_cos, 'sin': torch._foreach_sin, 'tanh': torch._foreach_tanh,
     'logistic': torch._foreach_sigmoid, 'erf': torch._foreach_erf,
@@ -37,9 +37,17 @@ _LIST_LIST = {
     'pow': torch._foreach_pow,
 }
 _COMMUTATIVE = frozenset({'add', 'mul', 'max', 'min'})
+# No foreach kernel matches XLA here: ``sign`` of NaN and -0.0, and the
+# ordering of -0.0 below +0.0 in floating-point ``max``/``min`` (see
+# ``_primitives``); those run one operation at a time.
+_FLOAT_SINGLE = frozenset({'max', 'min'})
 # list (op) scalar literal: every _LIST_LIST kernel has a Scalar overload.
-# list (op) shared 0-d tensor: only these have a Tensor overload.
-_TENSOR_OVERLOAD = frozenset({'add', 'mul', 'div'})
+# list (op) shared 0-d tensor: these take it as one tensor. ``add`` takes it
+# as a list of the same tensor repeated: its Tensor overload reads the value
+# on the host (``.item()``), a device sync that fails on fake tensors and
+# breaks a ``torch.compile`` graph.
+_TENSOR_OVERLOAD = frozenset({'mul', 'div'})
+_REPEATED_TENSOR = frozenset({'add', 'sub'})
 
 
 def _params_key(op: Op) -> str:
@@ -49,7 +57,7 @@ def _params_key(op: Op) -> str:
 # Ops that only relabel memory (views in torch). They add no depth, so a leaf
 # whose state is kept in another layout (a reshape on its path) still lines
 # up with the other leaves; they run after the batches of their level.
-_VIEWS = frozenset({'reshape', 'broadcast_in_dim', 'squeeze', 'expand_dims', 'transpose'})
+_VIEWS = frozenset({'reshape', 'broadcast_in_dim', 'squeeze', 'transpose'})
 
 
 def _levels(graph: Graph) -> list[int]:
@@ -91,6 +99,8 @@ def _batched(graph: Graph, batch: list[Op]) -> Step | None:
   out_shapes = [avals[op.outputs[0]].shape for op in batch]
   dtype = avals[batch[0].outputs[0]].dtype
   if len(batch) < 2 or (name == 'div' and not dtype.is_floating_point):
+    return None
+  if name in _FLOAT_SINGLE and dtype.is_floating_point:
     return None
   write = _write([op.outputs[0] for op in batch])
 
@@ -146,12 +156,11 @@ def _batched(graph: Graph, batch: list[Op]) -> Step | None:
       return None
     if not scalar_first and name in _TENSOR_OVERLOAD:
       return lambda slots: write(slots, kernel([slots[r] for r in lst], slots[other]))
-    if not scalar_first and name == 'sub':
-      return lambda slots: write(
-          slots, torch._foreach_add([slots[r] for r in lst], slots[other], alpha=-1))
+    if not scalar_first and name in _REPEATED_TENSOR:
+      return lambda slots: write(slots, kernel([slots[r] for r in lst], [slots[other]] * len(lst)))
     if scalar_first and name == 'sub':
-      return lambda slots: write(
-          slots, torch._foreach_add(torch._foreach_neg([slots[r] for r in lst]), slots[other]))
+      return lambda slots: write(slots, torch._foreach_add(
+          torch._foreach_neg([slots[r] for r in lst]), [slots[other]] * len(lst)))
   return None
 
 

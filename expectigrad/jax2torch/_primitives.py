@@ -71,7 +71,6 @@ _elementwise('gt', torch.gt)
 _elementwise('ge', torch.ge)
 _elementwise('stop_gradient', lambda x: x)
 _elementwise('copy', torch.clone)
-_elementwise('copy_p', torch.clone)
 
 
 @_register('sign')
@@ -123,23 +122,36 @@ def _integer_pow(x, *, y: int):
   return torch.reciprocal(acc) if y < 0 else acc
 
 
+def _zero_ties(x, y, result, signed_sum):
+  """``result`` with ties of zeros replaced by ``signed_sum(x, y)``.
+
+  XLA orders -0.0 below +0.0 in max/min (IEEE 754-2019 maximum/minimum);
+  on ``x == y`` torch returns either operand (which one depends on the
+  tensor's length: its vectorized loop and its scalar tail differ).
+  """
+  if not x.is_floating_point() or (not isinstance(y, torch.Tensor) and y != 0):
+    return result
+  return torch.where((x == 0) & (y == 0), signed_sum(x, y), result)
+
+
 @_register('max')
 def _max(x, y, **_):
-  if not isinstance(y, torch.Tensor):
-    return torch.clamp_min(x, y)  # NaN-propagating, as XLA's max
-  return torch.maximum(x, y)
+  """NaN-propagating, and max(-0.0, +0.0) = +0.0, as XLA's max."""
+  result = torch.clamp_min(x, y) if not isinstance(y, torch.Tensor) else torch.maximum(x, y)
+  return _zero_ties(x, y, result, lambda a, b: a + b)  # -0 only if both are -0
 
 
 @_register('min')
 def _min(x, y, **_):
-  if not isinstance(y, torch.Tensor):
-    return torch.clamp_max(x, y)
-  return torch.minimum(x, y)
+  """NaN-propagating, and min(-0.0, +0.0) = -0.0, as XLA's min."""
+  result = torch.clamp_max(x, y) if not isinstance(y, torch.Tensor) else torch.minimum(x, y)
+  return _zero_ties(x, y, result, lambda a, b: -(-a + -b))  # +0 only if both are +0
 
 
 @_register('clamp')
 def _clamp(lo, x, hi, **_):
-  return torch.clamp(x, lo, hi)
+  """``min(max(x, lo), hi)``, as XLA defines clamp (signed zeros included)."""
+  return _min(_max(x, lo), hi)
 
 
 @_register('and')
@@ -203,13 +215,6 @@ def _reshape(x, *dynamic_shape, new_sizes, dimensions=None, **_):
 @_register('squeeze')
 def _squeeze(x, *, dimensions, **_):
   return x.squeeze(tuple(dimensions)) if dimensions else x
-
-
-@_register('expand_dims')
-def _expand_dims(x, *, dimensions, **_):
-  for dimension in sorted(dimensions):
-    x = x.unsqueeze(dimension)
-  return x
 
 
 @_register('transpose')

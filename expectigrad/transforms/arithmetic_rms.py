@@ -52,8 +52,10 @@ def arithmetic_rms(
 
   Raises:
     ValueError: if ``eps <= 0``.
+    TypeError: if ``eps`` is not a real number or ``sparse_counter`` not a bool.
   """
   _validation.check_positive('eps', eps)
+  _validation.check_bool('sparse_counter', sparse_counter)
 
   def init(params):
     return ArithmeticRmsState(

@@ -38,7 +38,7 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
   Raises:
     ValueError: if a numeric ``learning_rate`` is negative or not finite.
   """
-  _validation.check_non_negative('learning_rate', learning_rate)
+  _validation.check_non_negative('learning_rate', learning_rate, schedules=True)
 
   def scale(updates, step_size):
     return jax.tree.map(lambda u: (-jnp.asarray(step_size, u.dtype) * u), updates)

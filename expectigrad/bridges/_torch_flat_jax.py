@@ -1,0 +1,254 @@
+"""The JAX executor: an elementwise chain, run by XLA over one flat vector.
+
+On a CPU, XLA compiles an elementwise optax update into a few vectorised
+loops, which run faster than torch's eager foreach kernels (one pass per
+primitive) and need no ``torch.compile``. This module runs a chain that way
+for a cohort of torch parameters:
+
+- The chain is traced over ONE flat vector holding all the cohort's
+  parameters. That is the same computation as over the tree of parameters
+  only if every primitive is elementwise (:func:`is_elementwise`); chains
+  with reductions (global norms), factored statistics or control flow are
+  not run here.
+- The state lives in JAX-owned flat buffers, and ``optimizer.state[p]``
+  holds torch views of them (``torch.from_dlpack``, zero-copy), shaped like
+  ``p``. Before each call the views are taken out of ``optimizer.state`` so
+  XLA may update the buffers in place (JAX never donates a buffer that a
+  live dlpack export references); new views are put back after it.
+- The gradients are packed into one flat buffer (no copy for a single
+  dense tensor), and the flat update is added to the parameters through
+  views, in place.
+
+If ``optimizer.state[p]`` no longer holds the views this module put there
+(``load_state_dict``, a user's assignment), the state is re-imported from
+it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import torch
+
+from expectigrad.bridges import _torch_chain
+from expectigrad.bridges._torch_chain import StateLeaf
+
+# Primitives that compute each output element from the same element of their
+# operands (0-d operands broadcast).
+_ELEMENTWISE = frozenset({
+    'add', 'sub', 'mul', 'div', 'rem', 'neg', 'max', 'min', 'pow', 'integer_pow', 'square',
+    'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'sin', 'cos', 'tan', 'tanh',
+    'logistic', 'erf', 'abs', 'sign', 'floor', 'ceil', 'is_finite', 'eq', 'ne', 'lt', 'le',
+    'gt', 'ge', 'and', 'or', 'xor', 'not', 'select_n', 'convert_element_type', 'clamp',
+    'copy', 'copy_p', 'stop_gradient',
+})
+_CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
+          'closed_call': 'call_jaxpr'}
+# XLA imports a buffer zero-copy only if it is aligned to this many bytes.
+_DLPACK_ALIGNMENT = 64
+
+
+def is_elementwise(jaxpr: Any) -> bool:
+  """Whether every equation of ``jaxpr`` (nested calls included) is elementwise."""
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name in _CALLS:
+      if not is_elementwise(eqn.params[_CALLS[name]]):
+        return False
+    elif name == 'broadcast_in_dim':
+      if eqn.invars[0].aval.ndim != 0:
+        return False
+    elif name == 'reshape':
+      if tuple(eqn.invars[0].aval.shape) != tuple(eqn.outvars[0].aval.shape):
+        return False
+    elif name not in _ELEMENTWISE:
+      return False
+  return True
+
+
+def _is_importable(tensor: torch.Tensor) -> bool:
+  """Whether ``jax.dlpack.from_dlpack`` can take ``tensor`` without a copy."""
+  return tensor.is_contiguous() and tensor.data_ptr() % _DLPACK_ALIGNMENT == 0
+
+
+class FlatChain:
+  """A chain traced over one flat vector, when that equals running it over the tree.
+
+  Args:
+    make: builds the chain from a dict of hyperparameters.
+    hyper_names: the traced hyperparameters' names.
+    tree: the same chain lowered over the cohort's parameters (for the
+      state's names and the parameter count).
+    size: the cohort's number of elements.
+    dtype: the parameters' dtype.
+
+  Attributes:
+    usable: whether the flat chain is elementwise and its state matches the tree's.
+    leaves: the flat state's leaves (one per name; per-element ones span all parameters).
+  """
+
+  def __init__(self, make: Callable, hyper_names: Sequence[str],
+               tree: _torch_chain.LoweredChain, size: int, dtype: torch.dtype):
+    self.dtype = dtype
+    self.hyper_names = tuple(hyper_names)
+    self.tree = tree
+    self.size = size
+    key = _torch_chain.param_key(0)
+    jax_dtype = _torch_chain.jax_dtype(dtype)
+    hyper_jax = _torch_chain.jax_dtype(tree.hyper_dtype)
+    self._hyper_dtype = hyper_jax
+
+    def init(hyper, params):
+      return make(hyper).init({key: params})
+
+    def update(hyper, grads, spare, state, params):
+      del spare
+      updates, state = make(hyper).update(
+          {key: grads}, state, None if params is None else {key: params})
+      return updates[key], state
+
+    with _torch_chain.x64_scope(dtype):
+      hyper = {k: jax.ShapeDtypeStruct((), hyper_jax) for k in hyper_names}
+      vector = jax.ShapeDtypeStruct((size,), jax_dtype)
+      state = jax.eval_shape(init, hyper, vector)
+      params = vector if tree.needs_params else None
+      closed = jax.make_jaxpr(update)(hyper, vector, vector, state, params)
+    self.leaves = _torch_chain.describe_state(state, 1)
+    self._tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
+    self.usable = _corresponds(tree.state, self.leaves, size) and is_elementwise(closed)
+    self._treedef = jax.tree.structure(state)
+    # ``spare`` (last step's update buffer) comes before ``state``: JAX pairs
+    # donated inputs with outputs of the same shape in argument order, so XLA
+    # writes the update into ``spare`` and each state leaf into its own buffer.
+    self._update = functools.partial(jax.jit, donate_argnums=(2, 3), keep_unused=True)(update)
+
+  def hyper(self, traced: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters as JAX scalars (a tensor's value is read: this runs on CPU only)."""
+    return {k: jnp.asarray(float(traced[k]), self._hyper_dtype) for k in self.hyper_names}
+
+  def state_from_torch(self, params: Sequence[torch.Tensor], state: dict) -> Any:
+    """A JAX-owned flat state built from ``optimizer.state`` (copies)."""
+    leaves = []
+    for leaf in self.leaves:
+      if leaf.owner is None:
+        value = state[params[0]][leaf.name].reshape(leaf.shape)
+      else:
+        value = torch.cat([state[p][leaf.name].reshape(-1) for p in params])
+      # A JAX-owned copy: XLA never donates a buffer imported from torch.
+      leaves.append(jnp.array(jax.dlpack.from_dlpack(value.detach().contiguous()), copy=True))
+    return jax.tree.unflatten(self._treedef, leaves)
+
+  def views(self, params: Sequence[torch.Tensor], state: Any) -> list[dict[str, torch.Tensor]]:
+    """Per parameter, torch views of the flat JAX state, shaped as ``optimizer.state`` keeps them."""
+    sizes = [p.numel() for p in params]
+    views: list[dict[str, torch.Tensor]] = [{} for _ in params]
+    for leaf, value in zip(self.leaves, jax.tree.leaves(state)):
+      tensor = torch.from_dlpack(value)
+      pieces = tensor.split(sizes) if leaf.owner is not None else [tensor] * len(params)
+      for i, (p, piece) in enumerate(zip(params, pieces)):
+        tree_leaf = self._tree_leaf[leaf.name, None if leaf.owner is None else i]
+        views[i][leaf.name] = piece.view(_torch_chain.storage_shape(tree_leaf, p))
+    return views
+
+  def run(self, hyper: dict, grads: torch.Tensor, spare: Any, state: Any,
+          params: torch.Tensor | None) -> tuple[Any, Any]:
+    """One jitted update; returns the flat update and the new state (JAX arrays)."""
+    with warnings.catch_warnings():
+      # A state tensor the user still holds cannot be donated; XLA then copies.
+      warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
+      return self._update(hyper, jax.dlpack.from_dlpack(grads), spare, state,
+                          None if params is None else jax.dlpack.from_dlpack(params))
+
+
+def _corresponds(tree_leaves: Sequence[StateLeaf], flat_leaves: Sequence[StateLeaf],
+                 size: int) -> bool:
+  """Whether the flat state holds exactly the tree's state, concatenated.
+
+  Each shared leaf of the tree must be the same shared leaf of the flat
+  state; each per-parameter leaf must be, for every parameter, a slice of
+  one per-element flat leaf of the same name and dtype.
+  """
+  tree = {(leaf.name, leaf.owner): leaf for leaf in tree_leaves}
+  owners = {leaf.owner for leaf in tree_leaves if leaf.owner is not None}
+  expected = 0
+  for leaf in flat_leaves:
+    if leaf.owner is None:
+      match = tree.get((leaf.name, None))
+      if match is None or match.shape != leaf.shape or match.dtype != leaf.dtype:
+        return False
+      expected += 1
+    else:
+      parts = [tree.get((leaf.name, owner)) for owner in owners]
+      if leaf.shape != (size,) or any(p is None or p.dtype != leaf.dtype for p in parts):
+        return False
+      if sum(math.prod(p.shape) for p in parts) != size:
+        return False
+      expected += len(parts)
+  return expected == len(tree_leaves)
+
+
+class Cohort:
+  """The flat JAX state of parameters that step together, and the views handed out.
+
+  Args:
+    chain: the :class:`FlatChain` for these parameters.
+    params: the parameters, in order.
+  """
+
+  def __init__(self, chain: FlatChain, params: Sequence[torch.Tensor]):
+    self.chain = chain
+    self.params = list(params)
+    self.state: Any = None
+    self._views: list[dict[str, torch.Tensor]] = []
+    self._spare: Any = None
+    self._grad_buffer: torch.Tensor | None = None
+    self._param_buffer: torch.Tensor | None = None
+
+  def _flat(self, tensors: Sequence[torch.Tensor], buffer_name: str) -> torch.Tensor:
+    """``tensors`` as one aligned vector (no copy for one importable tensor)."""
+    if len(tensors) == 1 and _is_importable(tensors[0]):
+      return tensors[0].detach().view(-1)
+    buffer = getattr(self, buffer_name)
+    if buffer is None:
+      buffer = torch.empty(self.chain.size, dtype=self.chain.dtype)
+      setattr(self, buffer_name, buffer)
+    return torch.cat([t.detach().reshape(-1) for t in tensors], out=buffer)
+
+  def step(self, state: dict, traced: dict[str, Any], grads: Sequence[torch.Tensor]) -> None:
+    """One update of the cohort's parameters and of ``state`` (``optimizer.state``)."""
+    with _torch_chain.x64_scope(self.chain.dtype):
+      self._step(state, traced, grads)
+
+  def _step(self, state: dict, traced: dict[str, Any], grads: Sequence[torch.Tensor]) -> None:
+    names = [leaf.name for leaf in self.chain.leaves]
+    intact = self.state is not None and all(
+        state[p].get(name) is view[name]
+        for p, view in zip(self.params, self._views) for name in names)
+    if not intact:
+      self.state = self.chain.state_from_torch(self.params, state)
+    # Drop every view of the state before the call, so XLA may reuse it.
+    self._views = []
+    for p in self.params:
+      state[p].clear()
+    flat_grads = self._flat(grads, '_grad_buffer')
+    flat_params = self._flat(self.params, '_param_buffer') if self.chain.tree.needs_params else None
+    if self._spare is None:
+      self._spare = jnp.empty(self.chain.size, _torch_chain.jax_dtype(self.chain.dtype))
+    updates, self.state = self.chain.run(
+        self.chain.hyper(traced), flat_grads, self._spare, self.state, flat_params)
+    self._spare = None
+    updates.block_until_ready()
+    flat_update = torch.from_dlpack(updates)
+    pieces = flat_update.split([p.numel() for p in self.params])
+    torch._foreach_add_(self.params, [u.view(p.shape) for u, p in zip(pieces, self.params)])
+    del flat_update, pieces  # no torch view may outlive this step: the buffer is donated next
+    self._spare = updates
+    self._views = self.chain.views(self.params, self.state)
+    for p, view in zip(self.params, self._views):
+      state[p].update(view)
