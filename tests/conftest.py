@@ -4,6 +4,18 @@ import jax
 import pytest
 
 
+@pytest.fixture(params=['jax', 'torch'])
+def torch_cpu_path(request, monkeypatch):
+  """Runs a torch test on each path the default executor can take on CPU.
+
+  'jax': the JAX executor (the CPU default); 'torch': the lowered program,
+  as it runs on a GPU.
+  """
+  from expectigrad.bridges import torch as bridge  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(bridge, 'CPU_DEFAULT', request.param)
+  return request.param
+
+
 @pytest.fixture
 def x64():
   """Runs the test with 64-bit JAX types, without touching the global setting."""

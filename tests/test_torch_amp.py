@@ -7,6 +7,10 @@ torch = pytest.importorskip('torch')
 from expectigrad.pytorch import Expectigrad  # noqa: E402
 
 
+# Every test runs on both CPU paths of the default executor (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('torch_cpu_path')
+
+
 def _setup():
   torch.manual_seed(0)
   model = torch.nn.Linear(4, 2)

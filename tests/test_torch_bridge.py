@@ -15,6 +15,10 @@ from expectigrad.pytorch import Expectigrad
 from tests import reference
 
 
+# Every test runs on both CPU paths of the default executor (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('torch_cpu_path')
+
+
 def _run_torch(opt_factory, grad_fn, x0, steps, dtype=torch.float64):
   """Runs a torch optimizer on numpy gradients; returns the (steps + 1, dim) trajectory."""
   x = torch.nn.Parameter(torch.tensor(x0, dtype=dtype))

@@ -21,10 +21,11 @@ def single_process_params():
   return worker.single_process()
 
 
+@pytest.mark.parametrize('cpu_path', ['jax', 'torch'])
 @pytest.mark.parametrize('mode', ['ddp', 'zero'])
-def test_two_process_run_equals_single_process(mode, tmp_path, single_process_params):
+def test_two_process_run_equals_single_process(mode, cpu_path, tmp_path, single_process_params):
   out = tmp_path / 'rank0.pt'
-  mp.spawn(worker.worker, args=(2, _free_port(), mode, str(out)), nprocs=2, join=True)
+  mp.spawn(worker.worker, args=(2, _free_port(), mode, cpu_path, str(out)), nprocs=2, join=True)
   result = torch.load(out, weights_only=True)
   assert len(result['params']) == len(single_process_params)
   for got, want in zip(result['params'], single_process_params):

@@ -11,6 +11,10 @@ from tests import reference  # noqa: E402
 STEPS = 3000
 
 
+# Every test runs on both CPU paths of the default executor (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('torch_cpu_path')
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_state_is_float32_and_follows_the_reference_past_2048_steps(dtype):
   x = torch.zeros(2, dtype=dtype, requires_grad=True)

@@ -12,6 +12,10 @@ from expectigrad.pytorch import Expectigrad  # noqa: E402
 from tests import reference  # noqa: E402
 
 
+# Every test runs on both CPU paths of the default executor (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('torch_cpu_path')
+
+
 @pytest.mark.parametrize('bad', [float('nan'), float('inf')])
 def test_default_propagates_only_into_the_affected_element(bad):
   grads = np.random.default_rng(0).normal(size=(10, 4))

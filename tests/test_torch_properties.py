@@ -1,11 +1,14 @@
 """Property tests: the torch bridge matches the numpy reference on random cases (see properties.py)."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given
 
 torch = pytest.importorskip('torch')
 
+from expectigrad.bridges import torch as bridge  # noqa: E402
 from expectigrad.pytorch import Expectigrad  # noqa: E402
 from tests import properties  # noqa: E402
 
@@ -19,6 +22,9 @@ def run_torch(case: properties.Case) -> np.ndarray:
   return x.detach().numpy()
 
 
-@given(properties.cases)
-def test_torch_matches_reference(case):
-  properties.check_against_reference(case, run_torch(case))
+@pytest.mark.parametrize('cpu_path', ['jax', 'torch'])
+@given(case=properties.cases)
+def test_torch_matches_reference(cpu_path, case):
+  """Both CPU paths of the default executor (see ``torch_cpu_path`` in conftest.py)."""
+  with mock.patch.object(bridge, 'CPU_DEFAULT', cpu_path):
+    properties.check_against_reference(case, run_torch(case))

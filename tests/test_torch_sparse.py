@@ -15,6 +15,10 @@ from tests import reference  # noqa: E402
 VOCAB, DIM, STEPS = 6, 3, 40
 
 
+# Every test runs on both CPU paths of the default executor (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('torch_cpu_path')
+
+
 def _batches():
   rng = np.random.default_rng(0)
   for _ in range(STEPS):

@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
+from expectigrad.bridges import torch as bridge
 from expectigrad.pytorch import Expectigrad
 
 STEPS = 15
@@ -42,7 +43,8 @@ def single_process() -> list[torch.Tensor]:
   return [p.detach().clone() for p in model.parameters()]
 
 
-def worker(rank: int, world: int, port: int, mode: str, out_path: str) -> None:
+def worker(rank: int, world: int, port: int, mode: str, cpu_path: str, out_path: str) -> None:
+  bridge.CPU_DEFAULT = cpu_path  # which CPU path the default executor takes (conftest.py)
   os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
   dist.init_process_group('gloo', rank=rank, world_size=world)
   try:

@@ -29,6 +29,11 @@ TORCH_TO_OPTAX_NAMES: Mapping[str, str] = {'lr': 'learning_rate'}
 # Group keys the bridge itself reads; never passed to the factory.
 _BRIDGE_KEYS = frozenset({'params', 'maximize'})
 EXECUTORS = ('auto', 'torch', 'jax')
+# What ``executor='auto'`` runs for CPU parameters outside ``torch.compile``:
+# the JAX executor, the fastest path there without compiling (see README,
+# Performance). Elsewhere 'auto' runs the lowered program.
+CPU_DEFAULT = 'jax'
+
 
 TransformFactory = Callable[..., optax.GradientTransformation]
 
@@ -425,7 +430,7 @@ class Optimizer(torch.optim.Optimizer):
                       'runs on the JAX runtime.', RuntimeWarning, stacklevel=4)
       return True
     if self._executor == 'auto':
-      return chain.device.type == 'cpu' and not self._compile
+      return chain.device.type == 'cpu' and CPU_DEFAULT == 'jax' and not self._compile
     return self._executor == 'jax'
 
   def _compiled(self, chain: LoweredChain) -> Callable:
