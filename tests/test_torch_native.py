@@ -352,16 +352,26 @@ def test_distributed_checkpoint_state_dict_round_trip(kind):
 # -- 5. torch.compile ---------------------------------------------------------------------
 
 
-def test_fullgraph_compiled_step_matches_eager():
-  """torch.compile(opt.step, fullgraph=True) with a tensor lr matches eager steps (float32)."""
+def _fullgraph_and_eager(steps: int):
+  """An MLP trained ``steps`` steps under torch.compile(opt.step, fullgraph=True), and eagerly.
+
+  Returns:
+    ``(compiled_model, compiled_opt, eager_model, eager_opt)``, both with a tensor lr.
+  """
   _dynamo_testing()
   compiled_model, eager_model = _mlp(), _mlp()
   compiled_opt = Expectigrad(compiled_model.parameters(), lr=torch.tensor(0.01))
   eager_opt = Expectigrad(eager_model.parameters(), lr=torch.tensor(0.01))
   step = torch.compile(compiled_opt.step, fullgraph=True)
-  for x in _inputs(20):
+  for x in _inputs(steps):
     _train(compiled_model, compiled_opt, [x], step=step)
     _train(eager_model, eager_opt, [x])
+  return compiled_model, compiled_opt, eager_model, eager_opt
+
+
+def test_fullgraph_compiled_step_matches_eager():
+  """torch.compile(opt.step, fullgraph=True) with a tensor lr matches eager steps (float32)."""
+  compiled_model, compiled_opt, eager_model, _ = _fullgraph_and_eager(20)
   _assert_close(compiled_model, eager_model, rtol=1e-6, atol=1e-7)
   state = compiled_opt.state[compiled_model[0].weight]
   assert state['0.count'].item() == 20 and state['1.momentum'].shape == (5, 3)
@@ -374,14 +384,7 @@ def test_fullgraph_compiled_step_keeps_every_state_entry_equal_to_eager():
   parameter's copy must hold the same count (a checkpoint restores each
   parameter's own copy: a wrong one changes its bias correction on resume).
   """
-  _dynamo_testing()
-  compiled_model, eager_model = _mlp(), _mlp()
-  compiled_opt = Expectigrad(compiled_model.parameters(), lr=torch.tensor(0.01))
-  eager_opt = Expectigrad(eager_model.parameters(), lr=torch.tensor(0.01))
-  step = torch.compile(compiled_opt.step, fullgraph=True)
-  for x in _inputs(3):
-    _train(compiled_model, compiled_opt, [x], step=step)
-    _train(eager_model, eager_opt, [x])
+  _, compiled_opt, _, eager_opt = _fullgraph_and_eager(3)
   compiled_state, eager_state = _state_tensors(compiled_opt), _state_tensors(eager_opt)
   assert sorted(compiled_state) == sorted(eager_state)
   counts = {key: value.item() for key, value in compiled_state.items() if value.ndim == 0}

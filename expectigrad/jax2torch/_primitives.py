@@ -290,24 +290,19 @@ def _reduce_bitwise(x, axes, op, identity: int):
   return x[..., 0]
 
 
-@_register('reduce_and')
-def _reduce_and(x, *, axes, **_):
-  """Logical for bool, bitwise for integers (``torch.all`` would return bool)."""
-  if not axes:
-    return x
-  if x.dtype == torch.bool:
-    return torch.all(x, dim=tuple(axes))
-  return _reduce_bitwise(x, axes, torch.bitwise_and, -1)
+def _reduce_logical(logical: Callable, bitwise: Callable, identity: int) -> Impl:
+  """``reduce_and``/``reduce_or``: logical for bool, bitwise for integers (keeping their dtype)."""
+  def impl(x, *, axes, **_):
+    if not axes:
+      return x
+    if x.dtype == torch.bool:
+      return logical(x, dim=tuple(axes))
+    return _reduce_bitwise(x, axes, bitwise, identity)
+  return impl
 
 
-@_register('reduce_or')
-def _reduce_or(x, *, axes, **_):
-  """Logical for bool, bitwise for integers (``torch.any`` would return bool)."""
-  if not axes:
-    return x
-  if x.dtype == torch.bool:
-    return torch.any(x, dim=tuple(axes))
-  return _reduce_bitwise(x, axes, torch.bitwise_or, 0)
+PRIMITIVES['reduce_and'] = _reduce_logical(torch.all, torch.bitwise_and, -1)
+PRIMITIVES['reduce_or'] = _reduce_logical(torch.any, torch.bitwise_or, 0)
 
 
 @_register('argmax')
