@@ -1,5 +1,7 @@
 """Validation, counters, dtypes and JAX transformations (jit, vmap, scan, inject_hyperparams)."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -165,3 +167,116 @@ def test_composes_with_optax_clipping():
   updates, _ = jax.jit(opt.update)(_grads(100.0), opt.init(params), params)
   # The first Expectigrad step is lr * sign(g) wherever g != 0, clipped or not.
   np.testing.assert_allclose(updates['b'], [-1e-3, 0.0], rtol=1e-5)
+
+
+# --- Integer parameters and mismatched gradient shapes: clear errors, at trace time.
+
+_PIECES = {
+    'expectigrad': lambda: expectigrad.expectigrad(1e-3),
+    'scale_by_arithmetic_rms': transforms.scale_by_arithmetic_rms,
+    'scale_by_ema_rms': transforms.scale_by_ema_rms,
+    'outer_momentum': transforms.outer_momentum,
+    'outer_momentum(beta=0)': lambda: transforms.outer_momentum(beta=0.0),
+    'inner_momentum(arithmetic_rms)': lambda: transforms.inner_momentum(transforms.arithmetic_rms()),
+    'inner_momentum(ema_rms)': lambda: transforms.inner_momentum(transforms.ema_rms()),
+    'adam ablation': lambda: optax.chain(transforms.inner_momentum(transforms.ema_rms(), 0.9),
+                                         transforms.scale_by_lr(1e-3)),
+}
+
+
+@pytest.mark.parametrize('piece', list(_PIECES))
+@pytest.mark.parametrize('dtype', [jnp.int32, jnp.int8, jnp.uint8, jnp.bool_])
+def test_integer_parameters_are_rejected_naming_the_leaf(piece, dtype):
+  params = {'w': jnp.ones((3, 2)), 'frozen': None,
+            'layers': [{'b': jnp.zeros(2)}, {'b': jnp.zeros(2, dtype)}]}
+  with pytest.raises(TypeError, match=r"parameter \['layers'\]\[1\]\['b'\] has dtype "
+                                      rf"{jnp.dtype(dtype).name}: only floating-point parameters"):
+    _PIECES[piece]().init(params)
+
+
+@pytest.mark.usefixtures('x64')
+def test_int64_parameters_are_rejected_and_float64_accepted():
+  opt = expectigrad.expectigrad(1e-3)
+  with pytest.raises(TypeError, match=r"parameter \['step'\] has dtype int64"):
+    opt.init({'x': jnp.ones(2, jnp.float64), 'step': jnp.zeros((), jnp.int64)})
+  with pytest.raises(TypeError, match=r'parameter \(the root of the tree\) has dtype int64'):
+    jax.jit(opt.init)(jnp.arange(3))
+  opt.init({'x': jnp.ones(2, jnp.float64), 'half': jnp.ones(2, jnp.float16)})
+
+
+def test_float_parameters_of_every_width_are_accepted():
+  params = {'a': jnp.ones(2, jnp.bfloat16), 'b': jnp.ones((2, 3), jnp.float16),
+            'c': jnp.ones(()), 'd': None}
+  for make in _PIECES.values():
+    make().init(params)
+
+
+# (3, 2) keeps a raveled state (minor dimension below 16); (2, 16) keeps its shape.
+_SHAPE_PARAMS = {'w': jnp.ones((3, 2)), 'v': jnp.ones((2, 16)), 'b': jnp.zeros(5), 'frozen': None}
+
+
+def _wrong(name, shape):
+  grads = jax.tree.map(jnp.ones_like, _SHAPE_PARAMS)
+  grads[name] = jnp.ones(shape)
+  return grads
+
+
+@pytest.mark.parametrize('piece', list(_PIECES))
+@pytest.mark.parametrize('name,shape',
+                         [('b', (4,)), ('v', (16, 2)), ('w', (7,)), ('w', (2, 4)), ('v', (32,))])
+@pytest.mark.parametrize('jit', [False, True], ids=['eager', 'jit'])
+def test_wrong_gradient_shape_names_the_leaf_and_both_shapes(piece, name, shape, jit):
+  opt = _PIECES[piece]()
+  state = opt.init(_SHAPE_PARAMS)
+  update = jax.jit(opt.update) if jit else opt.update
+  expected = re.escape(str(_SHAPE_PARAMS[name].shape))
+  got = re.escape(str(shape))
+  message = rf"gradient \['{name}'\] has shape {got}, but the parameter has shape {expected}"
+  with pytest.raises(ValueError, match=message):
+    update(_wrong(name, shape), state, _SHAPE_PARAMS)
+  if piece == 'outer_momentum(beta=0)':
+    return  # no per-element state: only the parameters tell the shape
+  # Without the parameters, the state tells (a raveled one, up to the element count).
+  message = rf"gradient \['{name}'\] has shape {got}, but the optimizer state was initialized for"
+  with pytest.raises(ValueError, match=message + ' a parameter of shape'):
+    update(_wrong(name, shape), state)
+
+
+def test_wrong_gradient_shape_raises_under_scan_and_vmap():
+  opt = expectigrad.expectigrad(1e-2)
+  params = {'w': jnp.ones((4, 3))}
+
+  def run(grads):
+    def body(state, g):
+      return opt.update({'w': g}, state, params)[1], None
+    return jax.lax.scan(body, opt.init(params), grads)[0]
+
+  run(jnp.ones((5, 4, 3)))
+  with pytest.raises(ValueError,
+                     match=r"gradient \['w'\] has shape \(3, 4\), but the parameter has shape \(4, 3\)"):
+    run(jnp.ones((5, 3, 4)))
+
+  def problem(g):  # one independent problem per example: per-example shapes on both sides
+    state = opt.init(params)
+    return opt.update({'w': g}, state, params)[0]['w']
+
+  assert jax.vmap(problem)(jnp.ones((8, 4, 3))).shape == (8, 4, 3)
+  with pytest.raises(ValueError, match=r"gradient \['w'\] has shape \(4, 4\)"):
+    jax.vmap(problem)(jnp.ones((8, 4, 4)))
+  batched_state = jax.vmap(lambda _: opt.init(params))(jnp.arange(8))
+  updates, _ = jax.vmap(lambda g, s: opt.update({'w': g}, s))(jnp.ones((8, 4, 3)), batched_state)
+  assert updates['w'].shape == (8, 4, 3)
+  with pytest.raises(ValueError, match=r"gradient \['w'\] has shape \(13,\), but the optimizer state"):
+    jax.vmap(lambda g, s: opt.update({'w': g}, s))(jnp.ones((8, 13)), batched_state)
+
+
+def test_none_leaves_and_raveled_state_pass_the_shape_checks():
+  opt = expectigrad.expectigrad(1e-2)
+  params = {'w': jnp.ones((3, 2)), 'frozen': jnp.ones(4)}
+  state = opt.init({'w': params['w'], 'frozen': None})
+  assert state[0].sum_of_squares['w'].shape == (6,)  # raveled
+  updates, _ = jax.jit(opt.update)({'w': jnp.ones((3, 2)), 'frozen': None}, state,
+                                   {'w': params['w'], 'frozen': None})
+  assert updates['w'].shape == (3, 2) and updates['frozen'] is None
+  updates, _ = opt.update({'w': jnp.ones((3, 2)), 'frozen': None}, state)
+  assert updates['w'].shape == (3, 2)

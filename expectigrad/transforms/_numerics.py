@@ -61,6 +61,92 @@ def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
   return jax.tree.map(zeros, params)
 
 
+def _leaf_name(path: Any) -> str:
+  return jax.tree_util.keystr(path) or '(the root of the tree)'
+
+
+def check_parameters(params: Any) -> None:
+  """Checks at ``init`` that every parameter can be optimized (trace time: free).
+
+  Integer and bool parameters cannot take a fractional step (``torch.optim``
+  refuses them too); their state would silently be integer as well. Complex
+  parameters are let through. ``None`` leaves are skipped.
+
+  Raises:
+    TypeError: naming the first non-floating-point leaf's path and dtype.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f'parameter {_leaf_name(path)} has dtype {dtype}: only floating-point parameters '
+          'can be optimized (exclude integer and bool leaves, e.g. with optax.masked, or '
+          'cast them to a float dtype).')
+
+
+def _fits_state(shape: tuple[int, ...], state_shape: tuple[int, ...]) -> bool:
+  """Whether a gradient of ``shape`` fits per-element state of ``state_shape``.
+
+  The state has its parameter's shape, or is that shape raveled (see
+  :func:`zeros_for_state`), which only happens to a parameter of two or more
+  dimensions with a short minor dimension.
+  """
+  if shape == state_shape:
+    return True
+  return (len(state_shape) == 1 and len(shape) >= 2
+          and shape[-1] < _MIN_VECTORISED_MINOR_DIM and math.prod(shape) == state_shape[0])
+
+
+def _pairs(gradients: Any, other: Any) -> list[tuple[Any, Any, Any]]:
+  """``(path, gradient, other leaf)`` for the non-None gradient leaves.
+
+  Trees whose structures differ give no pairs: the transform's own tree
+  operations report that mismatch as they always did.
+  """
+  is_none = lambda x: x is None
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(gradients, is_leaf=is_none)
+  try:
+    others = treedef.flatten_up_to(other)
+  except (ValueError, TypeError):
+    return []
+  return [(path, g, o) for (path, g), o in zip(leaves, others)
+          if g is not None and o is not None]
+
+
+def check_gradients(gradients: Any, state: Any = None, params: Any = None) -> None:
+  """Checks at ``update`` that each gradient has its parameter's shape (trace time: free).
+
+  Shapes are static, so under ``jit``, ``vmap`` (per-example shapes on both
+  sides) or ``scan`` this runs once, while tracing. ``None`` leaves (frozen
+  parameters) are skipped on either side.
+
+  Args:
+    gradients: the incoming updates.
+    state: a per-element state buffer tree made by :func:`zeros_for_state`
+      for the parameters, or None.
+    params: the parameters, when ``update`` was given them, or None.
+
+  Raises:
+    ValueError: naming the first mismatched leaf's path, the gradient's shape
+      and the parameter shape expected.
+  """
+  for path, g, p in _pairs(gradients, params) if params is not None else ():
+    if jnp.shape(g) != jnp.shape(p):
+      raise ValueError(f'gradient {_leaf_name(path)} has shape {jnp.shape(g)}, but the '
+                       f'parameter has shape {jnp.shape(p)}.')
+  for path, g, s in _pairs(gradients, state) if state is not None else ():
+    shape, state_shape = tuple(jnp.shape(g)), tuple(jnp.shape(s))
+    if not _fits_state(shape, state_shape):
+      if len(state_shape) == 1:
+        expected = (f'a parameter of shape {state_shape} (or of {state_shape[0]} elements '
+                    f'with a last dimension below {_MIN_VECTORISED_MINOR_DIM}, whose state is '
+                    'kept raveled)')
+      else:
+        expected = f'a parameter of shape {state_shape}'
+      raise ValueError(f'gradient {_leaf_name(path)} has shape {shape}, but the optimizer '
+                       f'state was initialized for {expected}.')
+
+
 def reshape_like(x: jax.Array, like: Any) -> jax.Array:
   """``x`` reshaped to ``like``'s shape: between a parameter's layout and its state's."""
   return x.reshape(jnp.shape(like))

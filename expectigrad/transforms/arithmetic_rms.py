@@ -58,6 +58,7 @@ def arithmetic_rms(
   _validation.check_bool('sparse_counter', sparse_counter)
 
   def init(params):
+    _numerics.check_parameters(params)
     return ArithmeticRmsState(
         count=_numerics.zero_count(),
         sum_of_squares=_numerics.zeros_for_state(params, state_dtype),
@@ -69,6 +70,7 @@ def arithmetic_rms(
     )
 
   def accumulate(gradients, state):
+    _numerics.check_gradients(gradients, state=state.sum_of_squares)
     squares = jax.tree.map(_numerics.square_in_state, gradients, state.sum_of_squares)
     sum_of_squares = jax.tree.map(jnp.add, state.sum_of_squares, squares)
     nonzero_count = state.nonzero_count

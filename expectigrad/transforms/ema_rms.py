@@ -54,12 +54,14 @@ def ema_rms(
   _validation.check_positive('eps', eps)
 
   def init(params):
+    _numerics.check_parameters(params)
     return EmaRmsState(
         count=_numerics.zero_count(),
         mean_of_squares=_numerics.zeros_for_state(params, state_dtype),
     )
 
   def accumulate(gradients, state):
+    _numerics.check_gradients(gradients, state=state.mean_of_squares)
     return EmaRmsState(
         count=_numerics.increment(state.count),
         mean_of_squares=jax.tree.map(

@@ -52,6 +52,7 @@ def _keeps_buffer(beta: Any) -> bool:
 
 
 def _init_momentum(params, beta, state_dtype) -> MomentumState:
+  _numerics.check_parameters(params)
   return MomentumState(
       count=_numerics.zero_count(),
       momentum=_numerics.zeros_for_state(params, state_dtype) if _keeps_buffer(beta) else None,
@@ -60,6 +61,7 @@ def _init_momentum(params, beta, state_dtype) -> MomentumState:
 
 def _update_momentum(updates, state: MomentumState, beta, bias_correction: bool):
   """Advances the EMA and returns ``(bias-corrected EMA, new state)``."""
+  _numerics.check_gradients(updates, state=state.momentum)
   count = _numerics.increment(state.count)
   if state.momentum is None:  # beta == 0: the EMA is the update itself.
     return updates, MomentumState(count, None)
@@ -104,7 +106,7 @@ def outer_momentum(
     return _init_momentum(params, beta, state_dtype)
 
   def update_fn(updates, state, params=None):
-    del params
+    _numerics.check_gradients(updates, params=params)
     return _update_momentum(updates, state, beta, bias_correction)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -150,7 +152,7 @@ def inner_momentum(
     )
 
   def update_fn(updates, state, params=None):
-    del params
+    _numerics.check_gradients(updates, params=params)
     statistics = preconditioner.accumulate(updates, state.preconditioner)
     averaged, momentum = _update_momentum(updates, state.momentum, beta, bias_correction)
     return preconditioner.scale(averaged, statistics), InnerMomentumState(momentum, statistics)

@@ -16,6 +16,8 @@ from typing import Any, Callable, NamedTuple
 
 import optax
 
+from expectigrad.transforms import _numerics
+
 
 class Preconditioner(NamedTuple):
   """The statistics half and the division half of an RMS scaling.
@@ -49,7 +51,7 @@ def scale_by_preconditioner(
   """
 
   def update_fn(updates, state, params=None):
-    del params
+    _numerics.check_gradients(updates, params=params)
     state = preconditioner.accumulate(updates, state)
     return preconditioner.scale(updates, state), state
 
