@@ -46,7 +46,11 @@ def expectigrad(
     An ``optax.GradientTransformation``.
 
   Raises:
-    ValueError: if ``learning_rate < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
+    ValueError: if ``learning_rate < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``;
+      at ``update``, if a gradient's shape differs from its parameter's.
+    TypeError: if a hyperparameter is not a real number (``learning_rate`` may
+      be a schedule) or ``sparse_counter`` not a bool; at ``init``, for an
+      integer or bool parameter.
   """
   return optax.chain(
       transforms.scale_by_arithmetic_rms(
