@@ -1,5 +1,6 @@
 """The ``expectigrad`` command line, end to end with tiny sizes (run in-process for speed)."""
 
+import importlib.util
 import pathlib
 import re
 import socket
@@ -12,7 +13,7 @@ import pytest
 
 from expectigrad.cli import bench, demo
 from expectigrad.cli import frameworks as frameworks_lib
-from expectigrad.cli.main import main
+from expectigrad.cli.main import build_parser, main
 from expectigrad.cli.task import BATCH_SIZE, make_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,27 +104,100 @@ def test_bad_flags_exit_2_with_a_message(argv, complaint, capsys):
   assert complaint in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('argv, flag, accepted', [
+    (['demo', '--seed', '-1'], '--seed', '0 to 4294967295'),
+    (['demo', '--seed', 'abc'], '--seed', '0 to 4294967295'),
+    (['demo', '--seed', '4294967296'], '--seed', '0 to 4294967295'),
+    (['demo', '--seed', '1.5'], '--seed', '0 to 4294967295'),
+    (['demo', '--steps', '0'], '--steps', '>= 1'),
+    (['demo', '--steps', '-5'], '--steps', '>= 1'),
+    (['reddi', '--steps', '0'], '--steps', '>= 1'),
+    (['reddi', '--steps', 'many'], '--steps', '>= 1'),
+    (['bench', '--rounds', '0'], '--rounds', '>= 1'),
+    (['bench', '--rounds', '2.5'], '--rounds', '>= 1'),
+])
+def test_bad_values_are_one_error_line_naming_the_flag_and_range(argv, flag, accepted, capsys):
+  """argparse rejects them before any work: usage, then one line, status 2, no traceback."""
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  last = err.rstrip('\n').splitlines()[-1]
+  assert last.startswith(f'expectigrad {argv[0]}: error: argument {flag}: '), last
+  assert accepted in last and repr(argv[-1]) in last
+  assert err.startswith('usage: ') and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('seed', ['0', '4294967295'])
+def test_seed_bounds_are_accepted(seed):
+  parser, _ = build_parser()
+  assert parser.parse_args(['demo', '--seed', seed]).seed == int(seed)
+
+
+def error_line(capsys) -> str:
+  """stderr, checked to be exactly one line with no traceback."""
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
+  return err.strip()
+
+
 def test_output_path_that_is_a_file_is_reported(tmp_path, capsys):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  assert main(['reddi', '--out', str(blocker / 'sub')]) == 1
-  assert '--out' in capsys.readouterr().err
+  assert main(['reddi', '--out', str(blocker / 'sub')]) == 2
+  assert error_line(capsys).startswith('expectigrad reddi: error: --out ')
 
 
-def test_missing_framework_is_reported_or_skipped(tmp_path, monkeypatch, capsys):
-  monkeypatch.setitem(frameworks_lib._MODULES, 'torch', 'expectigrad.cli.frameworks.not_installed')
-  assert main(['demo', '--framework', 'torch', '--out', str(tmp_path)]) == 1
-  assert 'torch demo is unavailable' in capsys.readouterr().err
+def block_import(monkeypatch, framework, module):
+  """Makes ``import <module>`` fail as if it were not installed, for ``framework``'s trainer."""
+  monkeypatch.setitem(sys.modules, module, None)   # import raises ModuleNotFoundError(name=module)
+  monkeypatch.delitem(sys.modules, frameworks_lib._MODULES[framework], raising=False)
+
+
+@pytest.mark.parametrize('framework, module, extra', [
+    ('torch', 'torch', 'torch'),
+    ('keras', 'keras', 'tensorflow'),
+])
+def test_missing_framework_names_the_extra_and_exits_2(framework, module, extra, tmp_path, monkeypatch,
+                                                       capsys):
+  block_import(monkeypatch, framework, module)
+  assert main(['demo', '--framework', framework, '--out', str(tmp_path)]) == 2
+  line = error_line(capsys)
+  assert line.startswith(f'expectigrad demo: error: {module} is not installed: ')
+  assert f'pip install ".[{extra}]"' in line and f'"expectigrad[{extra}]"' in line
+  assert not list(tmp_path.iterdir())   # reported before any training
+
+
+def test_framework_all_skips_missing_ones_naming_the_extra(monkeypatch, capsys):
+  block_import(monkeypatch, 'torch', 'torch')
   monkeypatch.setattr(frameworks_lib, 'FRAMEWORKS', ('jax', 'torch'))
   assert set(demo.load_frameworks('all')) == {'jax'}
-  assert 'skipping torch' in capsys.readouterr().err
+  line = error_line(capsys)
+  assert line.startswith('note: skipping torch: torch is not installed') and '".[torch]"' in line
 
 
-def test_python_dash_m_runs_without_traceback():
-  result = subprocess.run([sys.executable, '-m', 'expectigrad', 'demo', '--steps', 'x'],
+def test_broken_bridge_is_reported_with_its_cause(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(frameworks_lib._MODULES, 'torch', 'expectigrad.cli.frameworks.not_installed')
+  assert main(['demo', '--framework', 'torch', '--out', str(tmp_path)]) == 2
+  assert 'torch demo is unavailable' in error_line(capsys)
+
+
+def test_missing_demo_extra_names_it(tmp_path, monkeypatch, capsys):
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *args: None if name == 'matplotlib' else real_find_spec(name, *args))
+  assert main(['reddi', '--out', str(tmp_path)]) == 2
+  line = error_line(capsys)
+  assert line.startswith('expectigrad reddi: error: matplotlib') and '".[demo]"' in line
+
+
+@pytest.mark.parametrize('flag, value', [('--steps', 'x'), ('--seed', '-1')])
+def test_python_dash_m_runs_without_traceback(flag, value):
+  result = subprocess.run([sys.executable, '-m', 'expectigrad', 'demo', flag, value],
                           capture_output=True, text=True, cwd=ROOT, check=False)
   assert result.returncode == 2
-  assert '--steps' in result.stderr and 'Traceback' not in result.stderr
+  assert result.stderr.splitlines()[-1].startswith(f'expectigrad demo: error: argument {flag}: ')
+  assert 'Traceback' not in result.stderr
 
 
 def fake_bench_module(common, framework, medians):
@@ -163,8 +237,12 @@ def test_bench_with_nothing_runnable_fails(monkeypatch, capsys):
 
 def test_bench_outside_a_source_checkout_says_so(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(bench, 'checkout_root', lambda: tmp_path)
-  assert main(['bench']) == 1
-  assert 'source checkout' in capsys.readouterr().err
+  assert main(['bench']) == 2
+  line = error_line(capsys)
+  assert line.startswith('expectigrad bench: error: bench is a source-checkout tool')
+  assert str(tmp_path) in line
+  assert 'pip install -e ".[demo]"' in line and '`expectigrad bench`' in line
+  assert 'python -m benchmarks.bench_torch' in line
 
 
 @pytest.mark.parametrize('framework', ['torch', 'keras'])

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import expectigrad
 from expectigrad.cli import tables
-from expectigrad.cli.errors import CommandError
+from expectigrad.cli.errors import CommandError, UsageError
 
 # --framework value -> the benchmark module that times it.
 BENCH_MODULES = {'jax': 'bench_jax', 'torch': 'bench_torch', 'tf': 'bench_tf'}
@@ -33,15 +33,15 @@ def import_benchmarks() -> types.ModuleType:
   """``benchmarks.common`` from the checkout this ``expectigrad`` was imported from.
 
   Raises:
-    CommandError: if that directory has no ``benchmarks`` package (an
-      installed wheel), explaining how to get one.
+    UsageError: if that directory has no ``benchmarks`` package (an
+      installed wheel), with the commands that get one.
   """
   root = checkout_root()
   if not (root / 'benchmarks' / 'common.py').is_file():
-    raise CommandError(
-        f'expectigrad bench runs the scripts in the benchmarks/ folder of a source checkout, and '
-        f'{root} has none (expectigrad is installed from a wheel). Clone the repository and run '
-        f'`pip install -e .` (or `python -m expectigrad bench`) in it.')
+    raise UsageError(
+        f'bench is a source-checkout tool: it runs the benchmarks/ folder, which the installed '
+        f'package in {root} does not have; in a clone of the repository run '
+        f'`pip install -e ".[demo]"`, then `expectigrad bench` (or `python -m benchmarks.bench_torch`)')
   if str(root) not in sys.path:
     sys.path.insert(0, str(root))
   return importlib.import_module('benchmarks.common')

@@ -1,22 +1,30 @@
 """``expectigrad demo | reddi | bench``: argument parsing and dispatch.
 
-Bad flags and values end with a usage message and exit status 2 (argparse's
-convention); a request the machine cannot serve (a framework that is not
-installed, an output path that is a file, no source checkout for ``bench``)
-ends with a message and status 1. Neither prints a traceback.
+Every bad flag or value ends with exit status 2 (argparse's convention) and
+one ``error:`` line: argparse checks the syntax and ranges of the values
+(``--seed``, ``--steps``, ``--rounds``, the choices), and a value the machine
+cannot use (a framework or the ``demo`` extra that is not installed, naming
+the extra to install; an output path under a file; ``bench`` outside a
+source checkout) is reported the same way before any work starts. A run that
+fails on its own (no benchmark could run) ends with status 1. None prints a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import sys
 from typing import Sequence
 
 from expectigrad.cli import frameworks as frameworks_lib
 from expectigrad.cli.demo import DEFAULT_STEPS, run_demo
-from expectigrad.cli.errors import CommandError
+from expectigrad.cli.errors import CommandError, UsageError
 from expectigrad.cli.task import DATASETS
+
+
+SEED_LIMIT = 2**32   # numpy's generators take seeds in [0, 2**32)
 
 
 def _positive_int(text: str) -> int:
@@ -29,16 +37,40 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if not 0 <= value < SEED_LIMIT:
+    raise argparse.ArgumentTypeError(f'must be an integer from 0 to {SEED_LIMIT - 1} (2**32 - 1), got {text!r}')
+  return value
+
+
+# Modules of the ``demo`` extra -> what they are needed for.
+_DEMO_EXTRA = {'matplotlib': 'the plots', 'tqdm': 'the progress bar', 'sklearn': 'the digits dataset',
+               'mnist1d': 'the mnist1d dataset'}
+
+
+def _require_demo_extra(*modules: str) -> None:
+  """Checks, before any work, that the ``demo`` extra's ``modules`` are installed."""
+  for module in modules:
+    if importlib.util.find_spec(module) is None:
+      raise UsageError(f'{module} ({_DEMO_EXTRA[module]}) is not installed: '
+                       f'{frameworks_lib.install_hint("demo")}')
+
+
 def _output_dir(path: pathlib.Path) -> pathlib.Path:
   """Creates ``path`` if needed, before any minutes are spent training."""
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as error:
-    raise CommandError(f'--out {str(path)!r} cannot be used as an output directory: {error.strerror}') from error
+    raise UsageError(f'--out {str(path)!r} cannot be used as an output directory: {error.strerror}') from error
   return path
 
 
 def _demo(args: argparse.Namespace) -> None:
+  _require_demo_extra('matplotlib', 'tqdm', 'sklearn' if args.dataset == 'digits' else 'mnist1d')
   run_demo(args.framework, args.dataset, args.steps, _output_dir(args.out), args.seed,
            progress=not args.no_progress)
 
@@ -46,6 +78,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _reddi(args: argparse.Namespace) -> None:
   # pylint: disable=import-outside-toplevel
   from expectigrad.cli import plots, reddi, tables
+  _require_demo_extra('matplotlib')
   out = _output_dir(args.out)
   trajectories = {name: reddi.trajectory(opt, args.steps) for name, opt in reddi.optimizers().items()}
   title = 'Reddi et al. (2018) online problem: optimum x = -1, worst point x = +1'
@@ -82,19 +115,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                     help="'all' runs every installed framework (default: jax)")
   demo.add_argument('--dataset', choices=DATASETS, default='digits',
                     help="scikit-learn's bundled digits, or MNIST-1D generated offline (default: digits)")
-  demo.add_argument('--steps', type=_positive_int, default=DEFAULT_STEPS,
+  demo.add_argument('--steps', type=_positive_int, default=DEFAULT_STEPS, metavar='N',
                     help=f'training steps per optimizer (default: {DEFAULT_STEPS})')
-  demo.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'),
+  demo.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'), metavar='DIR',
                     help='directory for the PNG and the table (default: ./expectigrad-out)')
-  demo.add_argument('--seed', type=int, default=0, help='seeds split, weights and batches (default: 0)')
+  demo.add_argument('--seed', type=_seed, default=0, metavar='S',
+                    help='seeds split, weights and batches; 0 <= S < 2**32 (default: 0)')
   demo.add_argument('--no-progress', action='store_true', help='hide the progress bar')
 
   reddi = commands.add_parser(
       'reddi', help="Reddi et al.'s problem: Adam goes to the worst point, Expectigrad to the optimum",
       description='The online problem of Reddi et al. (2018) on which Adam converges to the worst '
                   'point x = +1; Expectigrad converges to the optimum x = -1. Writes a PNG of x over t.')
-  reddi.add_argument('--steps', type=_positive_int, default=3000, help='online rounds (default: 3000)')
-  reddi.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'),
+  reddi.add_argument('--steps', type=_positive_int, default=3000, metavar='N', help='online rounds (default: 3000)')
+  reddi.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'), metavar='DIR',
                      help='directory for the PNG and the table (default: ./expectigrad-out)')
 
   bench = commands.add_parser(
@@ -105,7 +139,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="'tf' times TF1 and Keras; 'all' skips what is not installed (default: all)")
   bench.add_argument('--size', nargs='+', default=['W1', 'W2'], metavar='WORKLOAD',
                      help='W1: one 16.8M-element tensor; W2: ResNet-18 shapes (default: W1 W2)')
-  bench.add_argument('--rounds', type=_positive_int, default=None,
+  bench.add_argument('--rounds', type=_positive_int, default=None, metavar='N',
                      help="interleaved timing rounds (default: each script's own)")
   return parser, {'demo': demo, 'reddi': reddi, 'bench': bench}
 
@@ -117,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
   Returns:
-    0 on success, 1 for a request that cannot be served, 130 on Ctrl-C
-    (argparse exits with 2 itself on bad flags).
+    0 on success, 2 for a value that cannot be used (a framework that is
+    not installed, ...), 1 for a run that fails, 130 on Ctrl-C (argparse
+    exits with 2 itself on bad flags).
   """
   parser, subparsers = build_parser()
   args = parser.parse_args(argv)
@@ -131,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _bench(args, subparsers['bench'])
   except CommandError as error:
     print(f'expectigrad {args.command}: error: {error}', file=sys.stderr)
-    return 1
+    return error.status
   except KeyboardInterrupt:
     print('interrupted', file=sys.stderr)
     return 130

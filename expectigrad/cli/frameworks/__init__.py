@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from expectigrad.cli.errors import CommandError
+from expectigrad.cli.errors import UsageError
 
 OPTIMIZERS = ('expectigrad', 'adam', 'amsgrad', 'sgd+momentum')
 # Each optimizer's usual default learning rate (SGD has none; 0.05 is a
@@ -30,6 +30,19 @@ _MODULES = {
     'keras': 'expectigrad.cli.frameworks.keras_mlp',
 }
 FRAMEWORKS = tuple(_MODULES)
+# framework -> (the pip extra that installs it, the top-level modules it brings).
+# jax and optax are expectigrad's own dependencies: a plain install has them.
+EXTRAS = {
+    'jax': ('', ('jax', 'jaxlib', 'optax')),
+    'torch': ('torch', ('torch',)),
+    'keras': ('tensorflow', ('tensorflow', 'keras')),
+}
+
+
+def install_hint(extra: str) -> str:
+  """The pip command that adds ``extra`` ('' for the plain package)."""
+  suffix = f'[{extra}]' if extra else ''
+  return f'pip install "expectigrad{suffix}" (from a checkout: pip install ".{suffix}")'
 
 
 class Trainer(Protocol):
@@ -42,8 +55,8 @@ class Trainer(Protocol):
     """Mean cross-entropy and accuracy on ``(x, y)``, as Python floats."""
 
 
-class FrameworkUnavailable(CommandError):
-  """A framework, or expectigrad's front end for it, is not installed."""
+class FrameworkUnavailable(UsageError):
+  """A framework, or expectigrad's front end for it, is not installed (exit status 2)."""
 
 
 def load(framework: str) -> types.ModuleType:
@@ -52,11 +65,16 @@ def load(framework: str) -> types.ModuleType:
   Raises:
     ValueError: if ``framework`` is not one of :data:`FRAMEWORKS`.
     FrameworkUnavailable: if it or expectigrad's optimizer for it cannot be
-      imported; the message says what is missing.
+      imported; the message says what is missing and, for a missing
+      framework, which extra installs it.
   """
   if framework not in _MODULES:
     raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}.')
   try:
     return importlib.import_module(_MODULES[framework])
   except ImportError as error:
+    missing = (error.name or '').partition('.')[0]
+    extra, modules = EXTRAS[framework]
+    if isinstance(error, ModuleNotFoundError) and missing in modules:
+      raise FrameworkUnavailable(f'{missing} is not installed: {install_hint(extra)}') from error
     raise FrameworkUnavailable(f'the {framework} demo is unavailable: {error}') from error
