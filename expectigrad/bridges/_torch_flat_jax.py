@@ -45,7 +45,7 @@ _ELEMENTWISE = frozenset({
     'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'sin', 'cos', 'tan', 'tanh',
     'logistic', 'erf', 'abs', 'sign', 'floor', 'ceil', 'is_finite', 'eq', 'ne', 'lt', 'le',
     'gt', 'ge', 'and', 'or', 'xor', 'not', 'select_n', 'convert_element_type', 'clamp',
-    'copy', 'copy_p', 'stop_gradient',
+    'copy', 'stop_gradient',
 })
 _CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
           'closed_call': 'call_jaxpr'}

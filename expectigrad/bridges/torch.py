@@ -11,8 +11,6 @@ lives in ``optimizer.state[p]``, one dict of tensors per parameter. See
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 

@@ -12,16 +12,15 @@ repeated over many tensors as single ``torch._foreach_*`` calls
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import torch
 
 from expectigrad.jax2torch import _foreach, _program
 from expectigrad.jax2torch._primitives import PRIMITIVES, torch_dtype
-from expectigrad.jax2torch._program import Aval
 
-__all__ = ['Aval', 'PRIMITIVES', 'Program', 'lower', 'torch_dtype']
+__all__ = ['PRIMITIVES', 'Program', 'lower', 'torch_dtype']
 
 
 class Program:
@@ -30,7 +29,6 @@ class Program:
   Attributes:
     in_tree, out_tree: the JAX pytree structures of the arguments and results
       (flatten and unflatten outside a compiled region: JAX is not called here).
-    in_avals, out_avals: shape and torch dtype of each flat argument / result.
     unsupported: names of the primitives the table lacks; calling a program
       with any raises ``NotImplementedError``.
   """
@@ -40,10 +38,6 @@ class Program:
     self._steps = _foreach.schedule(self._graph)
     self._constants: dict[torch.device, dict[int, torch.Tensor]] = {}
     self.in_tree, self.out_tree = in_tree, out_tree
-    self.in_avals = [self._graph.avals[s] for s in self._graph.inputs]
-    self.out_avals = [
-        _program.Aval((), torch.float32) if isinstance(r, _program.Literal)
-        else self._graph.avals[r] for r in self._graph.outputs]
     self.unsupported = self._graph.unsupported
 
   @property
@@ -58,10 +52,10 @@ class Program:
     on, so a compiled caller does not see the cache change (and recompile).
     """
     if device not in self._constants:
-      self._constants[device] = {
-          slot: value.to(device) for slot, value in self._graph.constants.items()}
+      self._constants[device] = self._constants_on(device)
 
   def _constants_on(self, device: torch.device) -> dict[int, torch.Tensor]:
+    """The constants on ``device``: placed ones, else moved for this call only."""
     if device in self._constants:
       return self._constants[device]
     return {slot: value.to(device) for slot, value in self._graph.constants.items()}
