@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from expectigrad import transforms
+from expectigrad import hyperparameters, transforms
 from expectigrad.alias import expectigrad
 from expectigrad.transforms import (
     arithmetic_rms,
@@ -38,6 +38,7 @@ __all__ = [
     'arithmetic_rms',
     'ema_rms',
     'expectigrad',
+    'hyperparameters',
     'inner_momentum',
     'outer_momentum',
     'scale_by_arithmetic_rms',

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 
 
-def _real(name: str, value: Any, accepted: str, schedules: bool = False) -> float | None:
+def real_value(name: str, value: Any, accepted: str, schedules: bool = False) -> float | None:
   """``value`` as a float; None for a tracer (or a schedule, where ``schedules``).
 
   Raises:
@@ -26,6 +26,13 @@ def _real(name: str, value: Any, accepted: str, schedules: bool = False) -> floa
   """
   if isinstance(value, jax.core.Tracer) or (schedules and callable(value)):
     return None
+  if type(value).__module__.startswith('torch'):
+    # A torch tensor: its kind only. Reading its value would synchronise with
+    # its device, and the check must stay plain Python under torch.compile.
+    if getattr(value, 'ndim', None) == 0 and value.is_floating_point():
+      return None
+    raise TypeError(f'{name} must be a number or a 0-d floating-point tensor {accepted}, '
+                    f'got a {value.dtype} tensor of shape {tuple(value.shape)}.')
   if isinstance(value, numbers.Real) and not isinstance(value, bool):
     return float(value)
   dtype = str(getattr(value, 'dtype', ''))
@@ -51,7 +58,7 @@ def check_positive(name: str, value: Any, schedules: bool = False) -> None:
     TypeError: if ``value`` is not a real number, naming ``name``.
     ValueError: naming ``name`` and the accepted range.
   """
-  number = _real(name, value, '> 0', schedules)
+  number = real_value(name, value, '> 0', schedules)
   if number is not None and not (number > 0 and math.isfinite(number)):
     raise ValueError(f'{name} must be a finite number > 0, got {value!r}.')
 
@@ -71,7 +78,7 @@ def check_non_negative(name: str, value: Any, schedules: bool = False) -> None:
     TypeError: if ``value`` is neither a real number nor callable, naming ``name``.
     ValueError: naming ``name`` and the accepted range.
   """
-  number = _real(name, value, '>= 0', schedules)
+  number = real_value(name, value, '>= 0', schedules)
   if number is not None and not (number >= 0 and math.isfinite(number)):
     raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
 
@@ -83,7 +90,7 @@ def check_unit_interval(name: str, value: Any) -> None:
     TypeError: if ``value`` is not a real number, naming ``name``.
     ValueError: naming ``name`` and the accepted range.
   """
-  number = _real(name, value, 'in [0, 1)')
+  number = real_value(name, value, 'in [0, 1)')
   if number is not None and not 0.0 <= number < 1.0:
     raise ValueError(f'{name} must be in [0, 1), got {value!r}.')
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from expectigrad import _validation
+from expectigrad import hyperparameters
 from expectigrad.alias import expectigrad
 from expectigrad.bridges import torch as torch_bridge
 
@@ -62,24 +62,13 @@ class Expectigrad(torch_bridge.Optimizer):
 
   def _check_hyperparameters(self, group_index: int, traced: Mapping[str, Any],
                              static: tuple) -> None:
-    """Expectigrad's ranges, in plain Python, so the checks also run under ``torch.compile``.
+    """Expectigrad's ranges (:mod:`expectigrad.hyperparameters`), in plain Python.
 
-    A tensor is checked for its kind only: reading its value would
-    synchronise with its device.
+    Plain Python, so the checks also run under ``torch.compile``; a tensor is
+    checked for its kind only (reading its value would synchronise with its
+    device).
     """
     del group_index
     values = {**dict(static), **traced}
-    checks = {'learning_rate': ('lr', _validation.check_non_negative),
-              'beta': ('beta', _validation.check_unit_interval),
-              'eps': ('eps', _validation.check_positive)}
-    for key, (name, check) in checks.items():
-      value = values[key]
-      if isinstance(value, torch.Tensor):
-        if value.ndim != 0 or not value.is_floating_point():
-          raise TypeError(f'{name} must be a number or a 0-d floating-point tensor, '
-                          f'got a {value.dtype} tensor of shape {tuple(value.shape)}.')
-      elif not callable(value):
-        check(name, value)
-      else:
-        raise TypeError(f'{name} must be a number or a 0-d tensor, got {value!r}.')
-    _validation.check_bool('sparse_counter', values['sparse_counter'])
+    hyperparameters.check('torch', {h.name_in('torch'): values[h.key]
+                                    for h in hyperparameters.HYPERPARAMETERS})

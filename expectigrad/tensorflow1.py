@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from expectigrad.bridges import _tf_chain, tf1
+from expectigrad import hyperparameters
+from expectigrad.bridges import tf1
 
 
 class ExpectigradOptimizer(tf1.Optimizer):
@@ -23,7 +24,7 @@ class ExpectigradOptimizer(tf1.Optimizer):
   and ``momentum`` (with ``beta > 0``).
 
   Args:
-    learning_rate: a number > 0, a scalar tensor, or a callable returning one.
+    learning_rate: a number >= 0, a scalar tensor, or a callable returning one.
     beta: momentum decay in [0, 1); 0 keeps no momentum slot.
     epsilon: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
@@ -32,8 +33,9 @@ class ExpectigradOptimizer(tf1.Optimizer):
     name: the optimizer's name.
 
   Raises:
-    ValueError: if a numeric ``learning_rate`` is not > 0, ``beta`` is
-      outside [0, 1) or ``epsilon <= 0``.
+    ValueError: if a numeric ``learning_rate`` is < 0, ``beta`` is
+      outside [0, 1) or ``epsilon <= 0`` (see :mod:`expectigrad.hyperparameters`).
+    TypeError: if one of them is not a real number, or ``sparse_counter`` not a bool.
   """
 
   def __init__(
@@ -46,7 +48,9 @@ class ExpectigradOptimizer(tf1.Optimizer):
       name: str = 'Expectigrad',
   ):
     super().__init__(
-        _tf_chain.expectigrad_factory(learning_rate, beta, epsilon, sparse_counter),
+        hyperparameters.checked_factory('tf1', dict(
+            learning_rate=learning_rate, beta=beta, epsilon=epsilon,
+            sparse_counter=sparse_counter), schedules=True),
         learning_rate=learning_rate,
         use_locking=use_locking,
         name=name,

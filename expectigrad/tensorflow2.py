@@ -12,7 +12,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from expectigrad.bridges import _tf_chain
+from expectigrad import _validation, hyperparameters
 from expectigrad.bridges import keras as keras_bridge
 
 
@@ -25,7 +25,7 @@ class Expectigrad(keras_bridge.Optimizer):
     model.compile(optimizer=expectigrad.tensorflow2.Expectigrad(1e-3), loss=...)
 
   Args:
-    learning_rate: a float > 0, a ``keras.optimizers.schedules.LearningRateSchedule``
+    learning_rate: a float >= 0, a ``keras.optimizers.schedules.LearningRateSchedule``
       or a zero-argument callable.
     beta: momentum decay in [0, 1); 0 keeps no momentum buffer.
     epsilon: added to the root mean square; must be > 0.
@@ -39,8 +39,9 @@ class Expectigrad(keras_bridge.Optimizer):
       ``gradient_accumulation_steps``, ...).
 
   Raises:
-    ValueError: if a numeric learning rate is not > 0, ``beta`` is outside
-      [0, 1), ``epsilon <= 0`` or ``decay < 0``.
+    ValueError: if a numeric learning rate is < 0, ``beta`` is outside
+      [0, 1), ``epsilon <= 0`` or ``decay < 0`` (see :mod:`expectigrad.hyperparameters`).
+    TypeError: if one of them is not a real number, or ``sparse_counter`` not a bool.
   """
 
   def __init__(
@@ -53,19 +54,18 @@ class Expectigrad(keras_bridge.Optimizer):
       **kwargs,
   ):
     learning_rate = kwargs.pop('lr', learning_rate)
-    decay = kwargs.pop('decay', 0.0) or 0.0
-    if not decay >= 0:
-      raise ValueError(f'decay must be a number >= 0, got {decay!r}.')
-    super().__init__(
-        _tf_chain.expectigrad_factory(learning_rate, beta, epsilon, sparse_counter),
-        learning_rate=learning_rate,
-        name=name,
-        **kwargs,
-    )
-    self.beta = beta
-    self.epsilon = epsilon
+    decay = kwargs.pop('decay', 0.0)
+    _validation.check_non_negative('decay', decay)
+    values = dict(learning_rate=learning_rate, beta=beta, epsilon=epsilon,
+                  sparse_counter=sparse_counter)
+    factory = hyperparameters.checked_factory('keras', values, schedules=True)
+    # Plain floats: Keras takes a float learning rate, and get_config must serialise.
+    values = hyperparameters.as_floats({**values, 'decay': decay})
+    super().__init__(factory, learning_rate=values['learning_rate'], name=name, **kwargs)
+    self.beta = values['beta']
+    self.epsilon = values['epsilon']
     self.sparse_counter = sparse_counter
-    self.decay = decay
+    self.decay = values['decay']
 
   def _get_current_learning_rate(self):
     learning_rate = super()._get_current_learning_rate()

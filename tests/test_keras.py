@@ -170,7 +170,6 @@ def test_get_config_holds_exactly_the_constructor_arguments():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(learning_rate=0.0), 'learning_rate'),
     (dict(lr=-1.0), 'learning_rate'),
     (dict(beta=1.0), 'beta'),
     (dict(epsilon=-1e-8), 'epsilon'),

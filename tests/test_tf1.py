@@ -130,7 +130,6 @@ def test_bridge_runs_a_custom_chain():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(learning_rate=0.0), 'learning_rate'),
     (dict(learning_rate=-1e-3), 'learning_rate'),
     (dict(beta=1.0), 'beta'),
     (dict(beta=-0.1), 'beta'),

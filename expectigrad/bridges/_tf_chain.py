@@ -15,7 +15,6 @@ per-variable optimizer variable); any other leaf (a step count) is global.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import jax
@@ -25,8 +24,6 @@ import optax
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from expectigrad import _validation
-from expectigrad.alias import expectigrad
 from expectigrad.bridges._tree_paths import key_name
 
 # A fixed transform, or a factory called with ``learning_rate=<scalar>`` at every step.
@@ -84,21 +81,6 @@ def as_factory(transform: TransformOrFactory) -> Callable[[Any], optax.GradientT
       'transform must be an optax.GradientTransformation or a factory taking '
       f'learning_rate=, got {type(transform).__name__}.'
   )
-
-
-def expectigrad_factory(
-    learning_rate: Any, beta: float, epsilon: float, sparse_counter: bool
-) -> Callable[..., optax.GradientTransformation]:
-  """The published TF optimizers' chain: :func:`expectigrad.expectigrad` awaiting ``learning_rate=``.
-
-  Raises:
-    ValueError: if a numeric ``learning_rate`` is not > 0, ``beta`` is outside
-      [0, 1) or ``epsilon <= 0`` (checked now, before any variable exists).
-  """
-  _validation.check_positive('learning_rate', learning_rate, schedules=True)
-  _validation.check_unit_interval('beta', beta)
-  _validation.check_positive('epsilon', epsilon)
-  return functools.partial(expectigrad, beta=beta, eps=epsilon, sparse_counter=sparse_counter)
 
 
 class ConvertedChain:
