@@ -1,4 +1,4 @@
-"""Step time of jitted Expectigrad (with and without its sparse counter) vs optax.adam, donated.
+"""Step time of jitted Expectigrad (plain, CPU layout, no sparse counter) vs optax.adam, donated.
 
 Run: python -m benchmarks.bench_jax [--workloads W1 W2] [--rounds N]
 """
@@ -43,6 +43,9 @@ def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 30) -> list[commo
     shapes = common.WORKLOADS[workload]
     steps = {
         'expectigrad.expectigrad': make_step(expectigrad.expectigrad(1e-3), shapes),
+        # The CPU layout option: small kernels' state raveled (see expectigrad.layout).
+        'layout.ravel_short_minor_dims(expectigrad)': make_step(
+            expectigrad.layout.ravel_short_minor_dims(expectigrad.expectigrad(1e-3)), shapes),
         # Without the per-element nonzero counter (n = t): one state array
         # less to read and write, which shows what the counter costs.
         'expectigrad.expectigrad(sparse_counter=False)': make_step(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from expectigrad import hyperparameters, transforms
+from expectigrad import hyperparameters, layout, transforms
 from expectigrad.alias import expectigrad
 from expectigrad.transforms import (
     arithmetic_rms,
@@ -39,6 +39,7 @@ __all__ = [
     'ema_rms',
     'expectigrad',
     'hyperparameters',
+    'layout',
     'inner_momentum',
     'outer_momentum',
     'scale_by_arithmetic_rms',

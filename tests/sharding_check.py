@@ -26,8 +26,8 @@ def gradients(params, t):
   return jax.tree.map(lambda p: jnp.where(jnp.abs(p) > 0.5 * (t % 3), jnp.sin(p * t), 0.0), params)
 
 
-def train(params, steps=20):
-  opt = optax.chain(optax.clip_by_global_norm(5.0), expectigrad.expectigrad(0.05))
+def train(params, steps=20, layout=lambda opt: opt):
+  opt = layout(optax.chain(optax.clip_by_global_norm(5.0), expectigrad.expectigrad(0.05)))
   state = jax.jit(opt.init)(params)
   initial = state
 
@@ -55,11 +55,15 @@ def state_leaves_by_param(state):
 def main():
   assert jax.device_count() == 8, jax.devices()
   expected, _, _ = train(make_params())  # one device, no sharding
-  for axis_type in (AxisType.Explicit, AxisType.Auto):
+  # The CPU layout wrapper ravels the small leaves' state only where nothing is sharded.
+  _, _, unsharded = train(make_params(), layout=expectigrad.layout.ravel_short_minor_dims)
+  assert dict(state_leaves_by_param(unsharded))['c'].shape == (24,)
+  for axis_type, layout in [(AxisType.Explicit, lambda opt: opt), (AxisType.Auto, lambda opt: opt),
+                            (AxisType.Explicit, expectigrad.layout.ravel_short_minor_dims)]:
     mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(axis_type,) * 2)
     with jax.set_mesh(mesh):
       params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in make_params().items()}
-      result, initial, final = train(params)
+      result, initial, final = train(params, layout=layout)
     checked = [final] if axis_type == AxisType.Auto else [initial, final]
     for state in checked:
       for name, leaf in state_leaves_by_param(state):

@@ -14,4 +14,4 @@ def test_state_is_sharded_like_params_and_results_match_unsharded():
   result = subprocess.run([sys.executable, str(ROOT / 'tests' / 'sharding_check.py')],
                           capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert result.stdout.count('state sharded like the parameters') == 2
+  assert result.stdout.count('state sharded like the parameters') == 3

@@ -211,7 +211,6 @@ def test_float_parameters_of_every_width_are_accepted():
     make().init(params)
 
 
-# (3, 2) keeps a raveled state (minor dimension below 16); (2, 16) keeps its shape.
 _SHAPE_PARAMS = {'w': jnp.ones((3, 2)), 'v': jnp.ones((2, 16)), 'b': jnp.zeros(5), 'frozen': None}
 
 
@@ -236,7 +235,7 @@ def test_wrong_gradient_shape_names_the_leaf_and_both_shapes(piece, name, shape,
     update(_wrong(name, shape), state, _SHAPE_PARAMS)
   if piece == 'outer_momentum(beta=0)':
     return  # no per-element state: only the parameters tell the shape
-  # Without the parameters, the state tells (a raveled one, up to the element count).
+  # Without the parameters, the state tells.
   message = rf"gradient \['{name}'\] has shape {got}, but the optimizer state was initialized for"
   with pytest.raises(ValueError, match=message + ' a parameter of shape'):
     update(_wrong(name, shape), state)
@@ -270,11 +269,11 @@ def test_wrong_gradient_shape_raises_under_scan_and_vmap():
     jax.vmap(lambda g, s: opt.update({'w': g}, s))(jnp.ones((8, 13)), batched_state)
 
 
-def test_none_leaves_and_raveled_state_pass_the_shape_checks():
+def test_none_leaves_pass_the_shape_checks_and_state_has_the_parameter_shape():
   opt = expectigrad.expectigrad(1e-2)
   params = {'w': jnp.ones((3, 2)), 'frozen': jnp.ones(4)}
   state = opt.init({'w': params['w'], 'frozen': None})
-  assert state[0].sum_of_squares['w'].shape == (6,)  # raveled
+  assert state[0].sum_of_squares['w'].shape == (3, 2)
   updates, _ = jax.jit(opt.update)({'w': jnp.ones((3, 2)), 'frozen': None}, state,
                                    {'w': params['w'], 'frozen': None})
   assert updates['w'].shape == (3, 2) and updates['frozen'] is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -11,36 +10,8 @@ import jax.numpy as jnp
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
-# XLA:CPU vectorises a loop along the array's minor dimension. When that is
-# shorter than a vector register (the 3x3 of convolution kernels) the loop runs
-# scalar: Expectigrad's update over ResNet-18's shapes took 2x as long as over
-# the same tensors raveled. Per-element state of such leaves is therefore kept
-# raveled (a free reshape), so the loops that write it are 1-D.
-_MIN_VECTORISED_MINOR_DIM = 16
-
-
-def _keeps_parameter_shape(p: Any) -> bool:
-  """Whether state for ``p`` must keep ``p``'s shape rather than be raveled."""
-  shape = jnp.shape(p)
-  if len(shape) < 2 or shape[-1] >= _MIN_VECTORISED_MINOR_DIM:
-    return True
-  # Sharded parameters keep their layout, so the state is sharded like them.
-  if not jax.sharding.get_abstract_mesh().empty:
-    return True
-  aval_sharding = getattr(jax.typeof(p), 'sharding', None)
-  if aval_sharding is not None and not aval_sharding.mesh.empty:
-    return True
-  if isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer):
-    return len(p.sharding.device_set) > 1
-  return False
-
-
 def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
-  """Zero per-element state buffers for ``params``.
-
-  Each buffer has its parameter's shape, or is raveled to 1-D where XLA:CPU
-  would not vectorise loops over that shape (a minor dimension below 16 on
-  an unsharded parameter); :func:`reshape_like` converts between the two.
+  """Zero per-element state buffers for ``params``, each shaped (and sharded) like its parameter.
 
   Args:
     params: a pytree of arrays (``None`` leaves stay ``None``).
@@ -53,10 +24,7 @@ def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
     A pytree of zero arrays.
   """
   def zeros(p):
-    dtype = state_dtype or jnp.promote_types(jnp.result_type(p), jnp.float32)
-    if _keeps_parameter_shape(p):
-      return jnp.zeros_like(p, dtype=dtype)  # keeps p's sharding
-    return jnp.zeros((math.prod(jnp.shape(p)),), dtype)
+    return jnp.zeros_like(p, dtype=state_dtype or jnp.promote_types(jnp.result_type(p), jnp.float32))
 
   return jax.tree.map(zeros, params)
 
@@ -82,19 +50,6 @@ def check_parameters(params: Any) -> None:
           f'parameter {_leaf_name(path)} has dtype {dtype}: only floating-point parameters '
           'can be optimized (exclude integer and bool leaves, e.g. with optax.masked, or '
           'cast them to a float dtype).')
-
-
-def _fits_state(shape: tuple[int, ...], state_shape: tuple[int, ...]) -> bool:
-  """Whether a gradient of ``shape`` fits per-element state of ``state_shape``.
-
-  The state has its parameter's shape, or is that shape raveled (see
-  :func:`zeros_for_state`), which only happens to a parameter of two or more
-  dimensions with a short minor dimension.
-  """
-  if shape == state_shape:
-    return True
-  return (len(state_shape) == 1 and len(shape) >= 2
-          and shape[-1] < _MIN_VECTORISED_MINOR_DIM and math.prod(shape) == state_shape[0])
 
 
 def _pairs(gradients: Any, other: Any) -> list[tuple[Any, Any, Any]]:
@@ -135,40 +90,26 @@ def check_gradients(gradients: Any, state: Any = None, params: Any = None) -> No
       raise ValueError(f'gradient {_leaf_name(path)} has shape {jnp.shape(g)}, but the '
                        f'parameter has shape {jnp.shape(p)}.')
   for path, g, s in _pairs(gradients, state) if state is not None else ():
-    shape, state_shape = tuple(jnp.shape(g)), tuple(jnp.shape(s))
-    if not _fits_state(shape, state_shape):
-      if len(state_shape) == 1:
-        expected = (f'a parameter of shape {state_shape} (or of {state_shape[0]} elements '
-                    f'with a last dimension below {_MIN_VECTORISED_MINOR_DIM}, whose state is '
-                    'kept raveled)')
-      else:
-        expected = f'a parameter of shape {state_shape}'
-      raise ValueError(f'gradient {_leaf_name(path)} has shape {shape}, but the optimizer '
-                       f'state was initialized for {expected}.')
-
-
-def reshape_like(x: jax.Array, like: Any) -> jax.Array:
-  """``x`` reshaped to ``like``'s shape: between a parameter's layout and its state's."""
-  return x.reshape(jnp.shape(like))
+    if jnp.shape(g) != jnp.shape(s):
+      raise ValueError(f'gradient {_leaf_name(path)} has shape {jnp.shape(g)}, but the '
+                       f'optimizer state was initialized for a parameter of shape {jnp.shape(s)}.')
 
 
 def square_in_state(gradient: jax.Array, state: jax.Array) -> jax.Array:
-  """``gradient**2`` in ``state``'s layout and dtype.
+  """``gradient**2`` in ``state``'s dtype.
 
   Squared in the state's precision: a bfloat16 ``g**2`` would lose most digits.
   """
-  return jnp.square(reshape_like(gradient, state).astype(state.dtype))
+  return jnp.square(gradient.astype(state.dtype))
 
 
 def divide_by_rms(updates: jax.Array, mean_square: jax.Array, eps: Any) -> jax.Array:
-  """``updates / (eps + sqrt(mean_square))``, shaped like ``updates``.
+  """``updates / (eps + sqrt(mean_square))``.
 
-  ``mean_square`` is in the state's layout. The result is in the wider of the
-  two dtypes: bfloat16 gradients with float32 state give float32 updates,
-  rounded once, when they are applied.
+  The result is in the wider of the two dtypes: bfloat16 gradients with
+  float32 state give float32 updates, rounded once, when they are applied.
   """
-  scaled = reshape_like(updates, mean_square) / (eps + jnp.sqrt(mean_square))
-  return reshape_like(scaled, updates)
+  return updates / (eps + jnp.sqrt(mean_square))
 
 
 def zero_count() -> jax.Array:

@@ -66,16 +66,12 @@ def _update_momentum(updates, state: MomentumState, beta, bias_correction: bool)
   if state.momentum is None:  # beta == 0: the EMA is the update itself.
     return updates, MomentumState(count, None)
   momentum = jax.tree.map(
-      lambda m, u: _numerics.ema(m, _numerics.reshape_like(u, m), beta), state.momentum, updates
+      lambda m, u: _numerics.ema(m, u, beta), state.momentum, updates
   )
   correction = _numerics.bias_correction(beta, count) if bias_correction else 1.0
   # In the buffer's dtype: rounding to low-precision updates here would throw
   # away the precision the float32 buffer keeps.
-  corrected = jax.tree.map(
-      lambda m, u: _numerics.reshape_like(m / jnp.asarray(correction, m.dtype), u),
-      momentum,
-      updates,
-  )
+  corrected = jax.tree.map(lambda m: m / jnp.asarray(correction, m.dtype), momentum)
   return corrected, MomentumState(count, momentum)
 
 
