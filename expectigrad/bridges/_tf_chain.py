@@ -15,19 +15,23 @@ per-variable optimizer variable); any other leaf (a step count) is global.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from expectigrad.bridges._tree_paths import key_name
+from expectigrad.bridges import _conventions
 
-# A fixed transform, or a factory called with ``learning_rate=<scalar>`` at every step.
-TransformOrFactory = Union[optax.GradientTransformation, Callable[..., optax.GradientTransformation]]
+TransformOrFactory = _conventions.TransformOrFactory
+
+# The platforms the converted modules are lowered for: every platform jaxlib
+# lowers for without its plugin, so a graph, model or ``.keras`` file made on
+# a CPU machine runs its optimizer on a GPU (TF picks the module's lowering for
+# the device it places the op on).
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
 class StateLeaf(NamedTuple):
@@ -35,7 +39,8 @@ class StateLeaf(NamedTuple):
 
   Attributes:
     name: readable path inside the state, e.g. ``'sum_of_squares'`` or
-      ``'0_count'`` (chain positions kept only where needed to be unique).
+      ``'0_count'`` (see :func:`expectigrad.bridges._conventions.leaf_names`:
+      chain positions kept only where needed to be unique).
     param_index: index of the parameter this leaf mirrors, or None for a
       global leaf such as a step count.
     shape: the leaf's shape.
@@ -46,12 +51,6 @@ class StateLeaf(NamedTuple):
   param_index: int | None
   shape: tuple[int, ...]
   dtype: tf.DType
-
-
-def _unique_names(names: Sequence[str]) -> list[str]:
-  """The names, made unique by suffixing the index where two coincide."""
-  seen = {name: names.count(name) for name in names}
-  return [name if seen[name] == 1 else f'{name}_{i}' for i, name in enumerate(names)]
 
 
 def dense_gradient(gradient: tf.Tensor | tf.IndexedSlices, variable) -> tf.Tensor:
@@ -67,20 +66,15 @@ def dense_gradient(gradient: tf.Tensor | tf.IndexedSlices, variable) -> tf.Tenso
   return tf.math.unsorted_segment_sum(gradient.values, gradient.indices, rows)
 
 
-def as_factory(transform: TransformOrFactory) -> Callable[[Any], optax.GradientTransformation]:
-  """``learning_rate -> transformation`` for a fixed transformation or a factory.
-
-  Raises:
-    TypeError: if ``transform`` is neither a transformation nor callable.
-  """
-  if isinstance(transform, optax.GradientTransformation):
-    return lambda learning_rate: transform
-  if callable(transform):
-    return lambda learning_rate: transform(learning_rate=learning_rate)
-  raise TypeError(
-      'transform must be an optax.GradientTransformation or a factory taking '
-      f'learning_rate=, got {type(transform).__name__}.'
-  )
+def gradient_shape(gradient: Any) -> tuple | None:
+  """The static shape of a dense gradient or of IndexedSlices (None where unknown)."""
+  if isinstance(gradient, tf.IndexedSlices):
+    if gradient.dense_shape is None:
+      return None
+    shape = tf.get_static_value(gradient.dense_shape)
+    return None if shape is None else tuple(int(d) for d in shape)
+  shape = tf.TensorShape(getattr(gradient, 'shape', None))
+  return tuple(shape.as_list()) if shape.is_fully_defined() else None
 
 
 class ConvertedChain:
@@ -91,11 +85,16 @@ class ConvertedChain:
       learning rate), or a factory such as :func:`expectigrad.expectigrad`
       that is called with ``learning_rate=`` the framework's current learning
       rate inside the converted function at every step (so schedules and
-      learning-rate edits need no recompilation).
+      learning-rate edits need no recompilation); see :mod:`._conventions`.
     names: one name per variable: the keys of the params dict the chain sees.
     shapes: the variables' shapes.
-    dtypes: the variables' TF dtypes. If any is 64-bit the chain is traced
+    dtypes: the variables' TF dtypes. If any is float64 the chain is traced
       with ``jax.enable_x64(True)`` (the user's global JAX setting is untouched).
+
+  Attributes:
+    leaves: one :class:`StateLeaf` per state array, in the chain's order.
+    platforms: the platforms the converted modules are lowered for.
+    learning_rate_dtype: the TF dtype the learning rate enters the chain in.
   """
 
   def __init__(
@@ -104,53 +103,39 @@ class ConvertedChain:
       names: Sequence[str],
       shapes: Sequence[Sequence[int]],
       dtypes: Sequence[tf.DType],
+      platforms: Sequence[str] = PLATFORMS,
   ):
-    """Converts the chain; raises TypeError like :func:`as_factory`."""
-    self._make_transform = as_factory(transform)
-    self._keys = _unique_names(list(names))
-    self._x64 = any(tf.as_dtype(dtype).size == 8 for dtype in dtypes)
-    # The learning rate enters the chain in the widest float type, so float64
-    # parameters see a float64 learning rate.
-    self.learning_rate_dtype = tf.float64 if self._x64 else tf.float32
+    """Converts the chain; raises TypeError like :func:`_conventions.check_transform`."""
+    _conventions.check_transform(transform)
+    self._transform = transform
+    self._keys = _conventions.unique_keys(list(names))
+    dtype_names = [tf.as_dtype(dtype).name for dtype in dtypes]
+    self._dtypes = dtype_names
+    self.learning_rate_dtype = tf.as_dtype(_conventions.hyper_dtype(dtype_names))
+    self.platforms = tuple(platforms)
     specs = {
         key: jax.ShapeDtypeStruct(tuple(shape), np.dtype(tf.as_dtype(dtype).as_numpy_dtype))
         for key, shape, dtype in zip(self._keys, shapes, dtypes)
     }
-    with jax.enable_x64(self._x64):
-      state = jax.eval_shape(self._make_transform(1.0).init, specs)
-    paths_and_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(state)
-    index_of_key = {key: i for i, key in enumerate(self._keys)}
-    labels, short_labels, param_indices = [], [], []
-    for path, _ in paths_and_leaves:
-      names_on_path = [key_name(key) for key in path]
-      param_indices.append(
-          next((index_of_key[n] for n in names_on_path if n in index_of_key), None)
-      )
-      own = [(n, key) for n, key in zip(names_on_path, path) if n not in index_of_key]
-      labels.append('_'.join(n for n, _ in own) or 'state')
-      # Without the positions in the chain where that is still unambiguous:
-      # 'momentum' rather than '1_momentum', but '0_count' and '1_count'.
-      short_labels.append('_'.join(n for n, key in own if not hasattr(key, 'idx')) or 'state')
-    # A name needs to be unique among the leaves of one variable (or among the global ones).
-    short_keys = list(zip(short_labels, param_indices))
+    with _conventions.x64_scope(dtype_names):
+      state = jax.eval_shape(self._make(1.0).init, specs)
+    self._treedef = jax.tree.structure(state)
+    described = _conventions.describe_state(state, self._keys)
     self.leaves: list[StateLeaf] = [
-        StateLeaf(
-            short if short_keys.count((short, param_index)) == 1 else label,
-            param_index,
-            tuple(leaf.shape),
-            tf.as_dtype(leaf.dtype),
-        )
-        for (_, leaf), label, short, param_index in zip(
-            paths_and_leaves, labels, short_labels, param_indices
-        )
+        StateLeaf(name, leaf.owner, leaf.shape, tf.as_dtype(leaf.dtype))
+        for name, leaf in zip(_conventions.leaf_names(described, '_', short=True), described)
     ]
-    self._init = tf.function(jax2tf.convert(self._jax_init, with_gradient=False), autograph=False)
-    self._update = tf.function(
-        jax2tf.convert(self._jax_update, with_gradient=False), autograph=False
-    )
+    convert = lambda f: tf.function(
+        jax2tf.convert(f, with_gradient=False, native_serialization_platforms=self.platforms),
+        autograph=False)
+    self._init = convert(self._jax_init)
+    self._update = convert(self._jax_update)
+
+  def _make(self, learning_rate) -> optax.GradientTransformation:
+    return _conventions.make_transform(self._transform, {'learning_rate': learning_rate})
 
   def _jax_init(self, params: list[jax.Array]) -> list[jax.Array]:
-    state = self._make_transform(1.0).init(dict(zip(self._keys, params)))
+    state = self._make(1.0).init(dict(zip(self._keys, params)))
     return jax.tree.leaves(state)
 
   def _jax_update(self, params, gradients, state_leaves, learning_rate):
@@ -158,13 +143,13 @@ class ConvertedChain:
     gradients = {key: g.reshape(p.shape) for key, g, p in zip(self._keys, gradients, params)}
     params = dict(zip(self._keys, params))
     state = jax.tree.unflatten(self._treedef, state_leaves)
-    updates, state = self._make_transform(learning_rate).update(gradients, state, params)
+    updates, state = self._make(learning_rate).update(gradients, state, params)
     new_params = optax.apply_updates(params, updates)
     return [new_params[key] for key in self._keys], jax.tree.leaves(state)
 
   def init(self, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """The initial state leaves for these parameter values (TF tensors)."""
-    with jax.enable_x64(self._x64):
+    with _conventions.x64_scope(self._dtypes):
       return self._init(list(params))
 
   def learning_rate_tensor(self, learning_rate: Any) -> tf.Tensor:
@@ -190,10 +175,10 @@ class ConvertedChain:
       learning_rate: scalar tensor or number (ignored by a fixed transform).
     """
     learning_rate = self.learning_rate_tensor(learning_rate)
-    with jax.enable_x64(self._x64):
+    with _conventions.x64_scope(self._dtypes):
       return self._update(list(params), list(gradients), list(state), learning_rate)
 
-  def assigning_step(self) -> Callable:
+  def assigning_step(self, assign: Callable[[Any, tf.Tensor], Any] | None = None) -> Callable:
     """A ``tf.function(jit_compile=True)`` that reads, updates and assigns resource variables.
 
     One XLA cluster around the whole step lets XLA update the variables in
@@ -204,11 +189,15 @@ class ConvertedChain:
     the same step updates each device's copies of mirrored variables.
 
     The gradients enter the cluster flattened. Inside it, a reshape is a view
-    that every loop reading it pays for with index arithmetic per element:
-    the core keeps the state of kernels such as ``(C, C, 3, 3)`` flat, and
-    its loops read a 4-D gradient about 2.5x slower than a flat one
-    (measured). Outside the cluster, as in a TF1 graph, the reshape is free;
-    inside a caller's cluster it costs what it did before.
+    that every loop reading it pays for with index arithmetic per element
+    (measured about 2.5x slower for a ``(C, C, 3, 3)`` gradient read by loops
+    over flat state). Outside the cluster, as in a TF1 graph, the reshape is
+    free; inside a caller's cluster it costs what it did before.
+
+    Args:
+      assign: ``assign(variable, value)`` writes one result (called while
+        tracing); by default ``variable.assign(value)``. Keras passes its
+        optimizer's ``assign``.
 
     Returns:
       ``step(params, state, gradients, learning_rate, frozen=()) -> True``:
@@ -217,6 +206,7 @@ class ConvertedChain:
       untouched, with the state leaves that mirror them (global leaves such
       as step counts still advance).
     """
+    assign = assign or (lambda variable, value: variable.assign(value))
 
     def step(params, state, gradients, learning_rate, frozen=()):
       new_params, new_state = self.update(
@@ -224,10 +214,10 @@ class ConvertedChain:
       )
       for i, (variable, value) in enumerate(zip(params, new_params)):
         if i not in frozen:
-          variable.assign(value)
+          assign(variable, value)
       for leaf, variable, value in zip(self.leaves, state, new_state):
         if leaf.param_index not in frozen:
-          variable.assign(value)
+          assign(variable, value)
       return tf.constant(True)  # something a TF1 graph can depend on
 
     compiled = tf.function(step, jit_compile=True, autograph=False)

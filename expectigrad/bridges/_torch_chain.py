@@ -14,7 +14,6 @@ for chains with a primitive the lowering lacks.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -24,7 +23,7 @@ import optax
 import torch
 
 from expectigrad import jax2torch
-from expectigrad.bridges._tree_paths import key_name
+from expectigrad.bridges import _conventions
 
 MakeTransform = Callable[[dict], optax.GradientTransformation]
 
@@ -35,8 +34,8 @@ def param_key(index: int) -> str:
 
 
 def x64_scope(dtype: torch.dtype):
-  """JAX's 64-bit mode for float64 parameters only, leaving the global setting alone."""
-  return jax.enable_x64(True) if dtype == torch.float64 else contextlib.nullcontext()
+  """JAX's 64-bit mode for float64 parameters only (the bridges' one rule, see _conventions)."""
+  return _conventions.x64_scope([dtype])
 
 
 def jax_dtype(dtype: torch.dtype) -> np.dtype:
@@ -45,8 +44,8 @@ def jax_dtype(dtype: torch.dtype) -> np.dtype:
 
 
 def hyper_dtype(param_dtype: torch.dtype) -> torch.dtype:
-  """Traced hyperparameters are float64 for float64 parameters, else float32."""
-  return torch.float64 if param_dtype == torch.float64 else torch.float32
+  """Traced hyperparameters are float64 for float64 parameters, else float32 (see _conventions)."""
+  return getattr(torch, _conventions.hyper_dtype([param_dtype]))
 
 
 class StateLeaf(NamedTuple):
@@ -65,16 +64,14 @@ class StateLeaf(NamedTuple):
 
 
 def describe_state(state_shape: Any, n_params: int) -> list[StateLeaf]:
-  """One :class:`StateLeaf` per leaf of a state traced over ``n_params`` keyed parameters."""
-  keys = {param_key(i): i for i in range(n_params)}
-  leaves = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state_shape)[0]:
-    names = [key_name(k) for k in path]
-    owners = [keys[n] for n in names if n in keys]
-    name = '.'.join(n for n in names if n not in keys)
-    leaves.append(StateLeaf(name, owners[-1] if owners else None, tuple(leaf.shape),
-                            jax2torch.torch_dtype(leaf.dtype)))
-  return leaves
+  """One :class:`StateLeaf` per leaf of a state traced over ``n_params`` keyed parameters.
+
+  Owners and names follow the bridges' one rule (:mod:`._conventions`), with
+  chain positions kept: ``'0.sum_of_squares'``, ``'1.momentum'``.
+  """
+  leaves = _conventions.describe_state(state_shape, [param_key(i) for i in range(n_params)])
+  return [StateLeaf(name, leaf.owner, leaf.shape, jax2torch.torch_dtype(leaf.dtype))
+          for name, leaf in zip(_conventions.leaf_names(leaves, '.'), leaves)]
 
 
 class LoweredChain:

@@ -1,13 +1,5 @@
-"""Readable names for pytree path keys, shared by the torch and TF bridges."""
+"""Readable names for pytree path keys (kept for imports; see :mod:`._conventions`)."""
 
-from __future__ import annotations
+from expectigrad.bridges._conventions import key_name
 
-from typing import Any
-
-
-def key_name(key: Any) -> str:
-  """The name, dict key or index of one pytree path key (``GetAttrKey``, ``DictKey``, ...)."""
-  for attribute in ('name', 'key', 'idx'):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
+__all__ = ['key_name']

@@ -1,11 +1,21 @@
-"""Any optax chain as a Keras 3 optimizer (TensorFlow backend).
+"""Any optax chain as a Keras 3 optimizer, on every Keras backend.
 
-The chain runs as one converted XLA computation over all the variables (see
-:mod:`expectigrad.bridges._tf_chain`), so it compiles into ``model.fit``'s XLA
-cluster and is saved with the model. Everything the Keras base class does
-around the update (clipnorm, clipvalue, global_clipnorm, weight_decay,
-gradient accumulation, EMA, loss scaling, the learning-rate schedule) is left
-to the base class.
+The chain runs once per step over all the variables, as the backend can run
+it (see :meth:`Optimizer.update_step`):
+
+- ``KERAS_BACKEND=jax``: the optax chain itself, inside Keras's jitted step
+  (:mod:`._keras_jax`);
+- ``KERAS_BACKEND=torch``: the chain lowered to torch operations by
+  :mod:`expectigrad.jax2torch`, so no JAX runs per step (:mod:`._keras_torch`);
+- ``KERAS_BACKEND=tensorflow``: the chain converted by ``jax2tf`` into one
+  XLA op, compiled into ``model.fit``'s XLA cluster and saved with the model
+  (:mod:`._keras_tf`).
+
+Everything the Keras base class does around the update (clipnorm,
+clipvalue, global_clipnorm, weight_decay, gradient accumulation, EMA, loss
+scaling, the learning-rate schedule, ``tf.distribute``) is left to the base
+class, through its public hooks only: ``build``, ``apply`` and
+``update_step``, with every write through ``assign``.
 """
 
 from __future__ import annotations
@@ -13,9 +23,43 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 
-from expectigrad.bridges import _tf_chain
+from expectigrad.bridges import _conventions
+
+
+def _backend():
+  """The module that runs chains on Keras's backend."""
+  name = keras.backend.backend()
+  if name == 'tensorflow':
+    from expectigrad.bridges import _keras_tf as module  # pylint: disable=import-outside-toplevel
+  elif name == 'jax':
+    from expectigrad.bridges import _keras_jax as module  # pylint: disable=import-outside-toplevel
+  elif name == 'torch':
+    from expectigrad.bridges import _keras_torch as module  # pylint: disable=import-outside-toplevel
+  else:
+    raise NotImplementedError(f'the Keras backend {name!r} is not supported '
+                              "(use 'jax', 'torch' or 'tensorflow').")
+  return module
+
+
+def variable_name(variable: Any) -> str:
+  """The key the chain sees a variable under: its Keras path, or a ``tf.Variable``'s name."""
+  path = getattr(variable, 'path', None)
+  if isinstance(path, str):
+    return path
+  return str(variable.name).split(':')[0]
+
+
+def _slot_prefix(variable: Any) -> str:
+  """The prefix of the names of a variable's optimizer variables, as Keras's own optimizers make it."""
+  path = getattr(variable, 'path', None)
+  if isinstance(path, str):
+    return path.replace('/', '_')
+  return str(variable.name).replace('/', '_').replace(':', '_')
+
+
+def _shape(variable: Any) -> tuple[int, ...]:
+  return tuple(int(d) for d in variable.shape)
 
 
 class Optimizer(keras.optimizers.Optimizer):
@@ -23,7 +67,7 @@ class Optimizer(keras.optimizers.Optimizer):
 
   Example::
 
-    import functools, optax, expectigrad
+    import optax, expectigrad
     from expectigrad.bridges import keras as bridge
 
     chain = lambda learning_rate: optax.chain(
@@ -32,105 +76,149 @@ class Optimizer(keras.optimizers.Optimizer):
 
   The chain sees the parameters as a dict keyed by the variables' paths, so
   ``optax.masked`` / ``optax.multi_transform`` can select them by name. Its
-  state lives in Keras variables made in :meth:`build`: one per state array
-  that mirrors a parameter (named ``<variable path>_<state path>``) and one
-  per global array (step counts). A trainable variable that receives no
-  gradient is skipped with its optimizer state, as in ``torch.optim``. ``tf.IndexedSlices`` gradients are densified (duplicate rows summed).
+  state lives in Keras variables made in :meth:`build`, with the shapes the
+  chain's ``init`` gives them: one per state array that mirrors a parameter
+  (named ``<variable path>_<state path>``) and one per shared array (step
+  counts). A trainable variable that receives no gradient is skipped with
+  its optimizer state, as in ``torch.optim``; the shared state advances.
+  Sparse gradients (``tf.IndexedSlices``, JAX ``BCOO``, torch sparse) are
+  densified (duplicate rows summed). Plain ``tf.Variable``s work on the
+  TensorFlow backend, as with Keras's own optimizers.
 
   Args:
     transform: an ``optax.GradientTransformation`` used as is (it carries its
       own learning rate; ``learning_rate`` then only scales Keras's
       ``weight_decay``), or a factory called as ``transform(learning_rate=lr)``
-      with the current Keras learning rate inside the compiled step, e.g.
-      ``expectigrad.expectigrad`` or ``functools.partial(expectigrad.expectigrad, beta=0.8)``.
+      with the current Keras learning rate as a traced scalar inside the
+      step, e.g. ``expectigrad.expectigrad`` or
+      ``functools.partial(expectigrad.expectigrad, beta=0.8)`` (the bridges'
+      one contract, see :mod:`expectigrad.bridges._conventions`).
     learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule``
       or a zero-argument callable, as for any Keras optimizer.
     name: the optimizer's name.
     **kwargs: Keras's own optimizer arguments (``clipnorm``, ``clipvalue``,
-      ``global_clipnorm``, ``weight_decay``, ``gradient_accumulation_steps``, ...).
+      ``global_clipnorm``, ``weight_decay``, ``gradient_accumulation_steps``,
+      ``use_ema``, ``loss_scale_factor``, ...).
 
   Raises:
-    TypeError: if ``transform`` is neither a transformation nor callable.
+    TypeError: if ``transform`` is neither a transformation nor callable; at
+      build, if a variable is not real floating point (integer, bool, complex).
+    ValueError: when applying, if a gradient's shape is not its variable's
+      (before anything changes).
   """
 
   def __init__(
       self,
-      transform: _tf_chain.TransformOrFactory,
+      transform: _conventions.TransformOrFactory,
       learning_rate: Any = 0.001,
       name: str | None = None,
       **kwargs,
   ):
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-    _tf_chain.as_factory(transform)  # fail at construction, not at the first step
+    _conventions.check_transform(transform)  # fail at construction, not at the first step
     self._transform = transform
+    self._chain = None
+    self._state: list = []
+    self._pending: dict = {}
+    self._expected = 0
 
-  def build(self, variables: Sequence[keras.Variable]) -> None:
-    """Creates the optimizer variables holding the chain's state for ``variables``."""
+  def build(self, variables: Sequence[Any]) -> None:
+    """Creates the optimizer variables holding the chain's state for ``variables``.
+
+    Raises:
+      TypeError: naming the variable, if one is not real floating point
+        (before anything is created).
+    """
     if self.built:
       return
+    variables = list(variables)
+    for variable in variables:
+      _conventions.check_floating(f"variable '{variable_name(variable)}'", variable.dtype)
     super().build(variables)
-    self._chain = _tf_chain.ConvertedChain(
+    backend = _backend()
+    self._chain = backend.Chain(
         self._transform,
-        names=[variable.path for variable in variables],
-        shapes=[tuple(variable.shape) for variable in variables],
-        dtypes=[tf.as_dtype(variable.dtype) for variable in variables],
+        names=[variable_name(v) for v in variables],
+        shapes=[_shape(v) for v in variables],
+        dtypes=[_conventions.dtype_name(v.dtype) for v in variables],
     )
+    self._expected = len(variables)
     # The chain's init may depend on parameter values (e.g. lookahead), so it
-    # runs on the current values. init_scope creates the variables eagerly even
-    # when the first apply_gradients (inside a tf.function) builds the
-    # optimizer: XLA cannot lift variables initialised from such values.
-    with tf.init_scope():
-      initial = self._chain.init([variable.value for variable in variables])
-      self._state = [self._add_state_variable(leaf, value, variables)
-                     for leaf, value in zip(self._chain.leaves, initial)]
-    self._step = self._chain.assigning_step()
+    # runs on the current values.
+    with backend.initialising():
+      initial = self._chain.init(variables)
+      self._state = [
+          self.add_variable(
+              leaf.shape,
+              initializer=lambda shape, dtype, value=value: value,
+              dtype=leaf.dtype,
+              name=(leaf.name if leaf.owner is None
+                    else f'{_slot_prefix(variables[leaf.owner])}_{leaf.name}'),
+          )
+          for leaf, value in zip(self._chain.leaves, initial)
+      ]
 
-  def _add_state_variable(self, leaf: _tf_chain.StateLeaf, value: tf.Tensor, variables):
-    name = leaf.name
-    if leaf.param_index is not None:  # named like Keras's slots: '<variable path>_<slot>'
-      name = f"{variables[leaf.param_index].path.replace('/', '_')}_{leaf.name}"
-    # Not add_variable_from_reference: a counter is int32 whatever the parameter's dtype.
-    return self.add_variable(
-        leaf.shape, initializer=lambda shape, dtype: value, dtype=leaf.dtype.name, name=name
-    )
+  def apply(self, grads, trainable_variables=None):
+    """Checks the gradients' shapes, then applies them as any Keras optimizer.
 
-  def _backend_update_step(self, grads, trainable_variables, learning_rate):
-    """Runs the chain once over all built variables (replaces the per-variable loop).
-
-    Under a ``tf.distribute`` strategy this runs in each replica: the
-    gradients are summed over the replicas (Keras's losses are already
-    divided by their number), then, as in Keras's own optimizers, a
-    ``merge_call`` switches to cross-replica context, where the step runs once
-    per device on that device's copies of the mirrored variables.
+    Raises:
+      ValueError: naming the variable and both shapes, if a gradient's shape
+        is not its variable's; nothing has changed then.
+      TypeError: if a variable is not real floating point (see :meth:`build`).
     """
-    trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-    grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
-    present = {self._var_key(v): g for g, v in grads_and_vars if g is not None}
-    gradients = []
-    for variable in self._trainable_variables:
-      gradient = present.get(self._var_key(variable))
-      gradients.append(
-          tf.zeros(variable.shape, variable.dtype)
-          if gradient is None
-          else _tf_chain.dense_gradient(gradient, variable.value)
-      )
-    frozen = tuple(i for i, variable in enumerate(self._trainable_variables)
-                   if self._var_key(variable) not in present)
-    tf.__internal__.distribute.interim.maybe_merge_call(
-        lambda distribution, *args: self._step_on_each_device(distribution, *args, frozen=frozen),
-        self._distribution_strategy,
-        gradients,
-        self._chain.learning_rate_tensor(learning_rate),
-    )
+    grads = list(grads)
+    variables = (self._trainable_variables if trainable_variables is None
+                 else list(trainable_variables))
+    if len(grads) == len(variables):
+      backend = _backend()
+      for gradient, variable in zip(grads, variables):
+        if gradient is None:
+          continue
+        label = f"variable '{variable_name(variable)}'"
+        _conventions.check_floating(label, variable.dtype)
+        shape = backend.gradient_shape(gradient)
+        if shape is not None:
+          _conventions.check_gradient_shape(label, shape, _shape(variable))
+    # Keras calls update_step once per variable with a gradient: the chain runs
+    # at the last of them.
+    self._expected = sum(
+        1 for gradient, variable in zip(grads, variables)
+        if gradient is not None and not getattr(variable, 'overwrite_with_gradient', False))
+    self._pending = {}
+    return super().apply(grads, trainable_variables)
 
-  def _step_on_each_device(self, distribution, gradients, learning_rate, frozen):
-    """Cross-replica context: one step per device, on its local copies of everything."""
-    local = distribution.experimental_local_results
-    params = [local(variable.value) for variable in self._trainable_variables]
-    state = [local(variable.value) for variable in self._state]
-    gradients = [local(gradient) for gradient in gradients]
-    learning_rates = local(learning_rate)
-    for device, rate in enumerate(learning_rates):
-      on_device = lambda values: [v[device] for v in values]  # pylint: disable=cell-var-from-loop
-      with tf.device(params[0][device].device):
-        self._step(on_device(params), on_device(state), on_device(gradients), rate, frozen)
+  def update_step(self, gradient, variable, learning_rate):
+    """Collects the step's gradients; at the last one, runs the chain over all variables.
+
+    Keras calls this once per variable with a gradient (under
+    ``tf.distribute``, once per variable and device). The chain needs them all
+    at once, so the calls are gathered per device, and the last call of a
+    device runs one step there: every trainable variable and state array is
+    read, the chain computes the new values, and each is written with
+    :meth:`assign`. Variables without a gradient get a zero gradient and
+    keep their values and state.
+    """
+    backend = _backend()
+    device = backend.device_of(variable)
+    pending = self._pending.setdefault(device, {})
+    pending[self._get_variable_index(variable)] = (gradient, variable)
+    if len(pending) < (self._expected or len(self._trainable_variables)):
+      return
+    del self._pending[device]
+    params, gradients = [], []
+    for index, model_variable in enumerate(self._trainable_variables):
+      if index in pending:
+        gradient, local = pending[index]
+        params.append(local)
+        gradients.append(backend.dense_gradient(gradient, local))
+      else:
+        local = backend.local(model_variable, device)
+        params.append(local)
+        gradients.append(backend.zeros_like(local))
+    frozen = tuple(i for i in range(len(params)) if i not in pending)
+    state = [backend.local(variable, device) for variable in self._state]
+    self._chain.step(params, state, gradients, learning_rate, frozen, self._assign_through)
+
+  def _assign_through(self, target, value) -> None:
+    # Looked up at every call, so a patched ``assign`` is seen (Keras's own tests do that).
+    self.assign(target, value)

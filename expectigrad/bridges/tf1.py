@@ -13,12 +13,17 @@ from typing import Any
 
 import tensorflow as tf
 
-from expectigrad.bridges import _tf_chain
+from expectigrad.bridges import _conventions, _tf_chain
 
 
 def _variable_key(variable) -> Any:
   """An identity of a variable that survives re-reading it (as TF1's own slot keys)."""
   return getattr(variable, '_unique_id', None) or id(variable)
+
+
+def _name(variable) -> str:
+  """A variable's name without the output index (``'dense/kernel'``)."""
+  return variable.name.split(':')[0]
 
 
 def _is_resource(variable) -> bool:
@@ -57,7 +62,8 @@ class Optimizer(tf.compat.v1.train.Optimizer):
     name: the optimizer's name, and the name scope of its variables.
 
   Raises:
-    TypeError: if ``transform`` is neither a transformation nor callable.
+    TypeError: if ``transform`` is neither a transformation nor callable
+      (the bridges' contract, see :mod:`expectigrad.bridges._conventions`).
   """
 
   def __init__(
@@ -68,7 +74,7 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       name: str = 'OptaxChain',
   ):
     super().__init__(use_locking=use_locking, name=name)
-    _tf_chain.as_factory(transform)  # fail at construction, not at the first step
+    _conventions.check_transform(transform)  # fail at construction, not at the first step
     self._transform = transform
     self._learning_rate = learning_rate
     self._chain: _tf_chain.ConvertedChain | None = None
@@ -87,7 +93,7 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       return self._chain
     self._chain = _tf_chain.ConvertedChain(
         self._transform,
-        names=[v.name.split(':')[0] for v in var_list],
+        names=[_name(v) for v in var_list],
         shapes=[tuple(v.shape.as_list()) for v in var_list],
         dtypes=[v.dtype.base_dtype for v in var_list],
     )
@@ -129,13 +135,23 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       The update op (eagerly: None), which also increments ``global_step``.
 
     Raises:
-      ValueError: if no variable has a gradient, or the variables differ from
-        the ones this optimizer was first applied to.
+      ValueError: if no variable has a gradient, a gradient's shape is not
+        its variable's, or the variables differ from the ones this optimizer
+        was first applied to.
+      TypeError: if a variable is not real floating point (integer, bool or
+        complex), before any slot is created.
     """
+    grads_and_vars = list(grads_and_vars)
     pairs = [(g, v) for g, v in grads_and_vars if g is not None]
     if not pairs:
-      raise ValueError(f'No gradients provided for any variable: {list(grads_and_vars)}.')
+      raise ValueError(f'No gradients provided for any variable: {grads_and_vars}.')
     var_list = [v for _, v in pairs]
+    for gradient, variable in pairs:
+      label = f"variable '{_name(variable)}'"
+      _conventions.check_floating(label, variable.dtype.base_dtype)
+      shape = _tf_chain.gradient_shape(gradient)
+      if shape is not None and variable.shape.is_fully_defined():
+        _conventions.check_gradient_shape(label, shape, variable.shape.as_list())
     chain = self._build_chain(var_list)
     state = self._state_variables(var_list)
     gradients = [_tf_chain.dense_gradient(g, v) for g, v in pairs]

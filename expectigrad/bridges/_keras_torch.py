@@ -1,0 +1,140 @@
+"""The Keras bridge on ``KERAS_BACKEND=torch``: the chain lowered to torch operations.
+
+The chain's ``init`` and ``update`` are traced once with JAX for the
+variables' shapes and dtypes and lowered by :mod:`expectigrad.jax2torch`
+(as the torch optimizer does), so a step runs torch operations on the
+variables' device and no JAX; under Keras's ``jit_compile=True`` (a
+``torch.compile`` of the train step) Inductor fuses them. The new values are
+written through the optimizer's ``assign``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import keras
+import optax
+import torch
+
+from expectigrad import jax2torch
+from expectigrad.bridges import _conventions
+
+
+def initialising():
+  return torch.no_grad()
+
+
+def _value(variable: Any) -> torch.Tensor:
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def gradient_shape(gradient: Any) -> tuple | None:
+  return tuple(int(d) for d in gradient.shape)
+
+
+def device_of(variable: Any) -> str:
+  del variable
+  return ''
+
+
+def local(variable: Any, device: str) -> Any:
+  del device
+  return variable
+
+
+def dense_gradient(gradient: Any, variable: Any) -> torch.Tensor:
+  """The dense gradient: a sparse tensor is densified (duplicate indices summed)."""
+  del variable
+  gradient = torch.as_tensor(gradient)
+  return gradient.to_dense() if gradient.is_sparse else gradient
+
+
+def zeros_like(variable: Any) -> torch.Tensor:
+  return torch.zeros_like(_value(variable))
+
+
+class Chain:
+  """The chain lowered to torch for the Keras variables' names, shapes and dtypes.
+
+  Raises:
+    NotImplementedError: if the chain uses a JAX primitive the lowering lacks.
+  """
+
+  def __init__(self, transform: _conventions.TransformOrFactory, names: Sequence[str],
+               shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]):
+    self._transform = transform
+    self._keys = _conventions.unique_keys(list(names))
+    self._dtypes = list(dtypes)
+    self._hyper_dtype = getattr(torch, _conventions.hyper_dtype(dtypes))
+    self._device: torch.device | None = None
+    with _conventions.x64_scope(self._dtypes):
+      hyper = jax.ShapeDtypeStruct((), jnp.dtype(_conventions.hyper_dtype(dtypes)))
+      specs = [jax.ShapeDtypeStruct(tuple(s), jnp.dtype(d)) for s, d in zip(shapes, dtypes)]
+      state = jax.eval_shape(self._jax_init, specs)
+      self._treedef = jax.tree.structure(jax.eval_shape(
+          lambda p: self._make(1.0).init(dict(zip(self._keys, p))), specs))
+      self._init = jax2torch.lower(self._jax_init, specs)
+      self._update = jax2torch.lower(self._jax_update, specs, specs, state, hyper)
+    self.leaves = _conventions.named_leaves(
+        jax.tree.unflatten(self._treedef, state), self._keys)
+    unsupported = self._init.unsupported | self._update.unsupported
+    if unsupported:
+      raise NotImplementedError(
+          f'this chain uses {sorted(unsupported)}, which the torch lowering lacks; '
+          'use it with KERAS_BACKEND=jax or tensorflow.')
+
+  def _make(self, learning_rate: Any) -> optax.GradientTransformation:
+    return _conventions.make_transform(self._transform, {'learning_rate': learning_rate})
+
+  def _jax_init(self, params):
+    return jax.tree.leaves(self._make(1.0).init(dict(zip(self._keys, params))))
+
+  def _jax_update(self, params, gradients, state, learning_rate):
+    params = dict(zip(self._keys, params))
+    gradients = dict(zip(self._keys, gradients))
+    state = jax.tree.unflatten(self._treedef, state)
+    updates, state = self._make(learning_rate).update(gradients, state, params)
+    new_params = optax.apply_updates(params, updates)
+    return [new_params[key] for key in self._keys], jax.tree.leaves(state)
+
+  def _place(self, device: torch.device) -> None:
+    if self._device != device:
+      self._init.place(device)
+      self._update.place(device)
+      self._device = device
+
+  def init(self, variables: Sequence[Any]) -> list[torch.Tensor]:
+    values = [_value(v).detach() for v in variables]
+    device = values[0].device if values else torch.device('cpu')
+    self._place(device)
+    with torch.no_grad():
+      # Fresh storage: the program may return broadcast views of constants.
+      return [_as_tensor(x, leaf.shape, leaf.dtype, device).clone(memory_format=torch.contiguous_format)
+              for x, leaf in zip(self._init(*values), self.leaves)]
+
+  def step(self, params, state, gradients, learning_rate, frozen, assign) -> None:
+    """One step: runs the lowered update on the variables' tensors, writes through ``assign``."""
+    with torch.no_grad():
+      values = [_value(v).detach() for v in params]
+      device = values[0].device
+      self._place(device)
+      rate = torch.as_tensor(_value(learning_rate)).detach().to(device=device, dtype=self._hyper_dtype)
+      outputs = self._update(*values, *[g.detach() for g in gradients],
+                             *[_value(v).detach() for v in state], rate)
+      new_params, new_state = outputs[:len(params)], outputs[len(params):]
+      for i, (variable, value) in enumerate(zip(params, new_params)):
+        if i not in frozen:
+          assign(variable, _as_tensor(value, tuple(variable.shape), None, device))
+      for leaf, variable, value in zip(self.leaves, state, new_state):
+        if leaf.owner not in frozen:
+          assign(variable, _as_tensor(value, leaf.shape, leaf.dtype, device))
+
+
+def _as_tensor(value: Any, shape: tuple, dtype: str | None, device: torch.device) -> torch.Tensor:
+  """A program result (a tensor, or a Python scalar for a constant) as a tensor of ``shape``."""
+  tensor = torch.as_tensor(value, device=device)
+  if dtype is not None:
+    tensor = tensor.to(getattr(torch, dtype))
+  return tensor.expand(shape) if tuple(tensor.shape) != tuple(shape) else tensor
