@@ -15,6 +15,7 @@ def expectigrad(
     eps: float = 1e-8,
     sparse_counter: bool = True,
     state_dtype: Any = None,
+    compensated_sum: bool = False,
 ) -> optax.GradientTransformation:
   """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356).
 
@@ -28,7 +29,7 @@ def expectigrad(
   It is ``optax.chain(scale_by_arithmetic_rms(eps, sparse_counter),
   outer_momentum(beta), scale_by_lr(learning_rate))``. Under
   ``optax.inject_hyperparams`` pass ``static_args=('sparse_counter',
-  'state_dtype')``, since those decide the shape of the state.
+  'state_dtype', 'compensated_sum')``, since those decide the shape of the state.
 
   Args:
     learning_rate: a number >= 0 or an ``optax.Schedule``.
@@ -41,6 +42,11 @@ def expectigrad(
       parameters get float32 state, and float32 updates that
       ``optax.apply_updates`` rounds to the parameter dtype once). The
       counters are always int32.
+    compensated_sum: keep the running sum of squared gradients with Kahan
+      summation, in one more buffer per parameter: a float32 sum then stays
+      exact to a few ulps over any number of steps (without it, the mean of
+      equal-size squared gradients is 1.6% low after 1e7 steps). Recommended
+      for runs beyond a few million steps, and with a bfloat16 ``state_dtype``.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -49,12 +55,13 @@ def expectigrad(
     ValueError: if ``learning_rate < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``;
       at ``update``, if a gradient's shape differs from its parameter's.
     TypeError: if a hyperparameter is not a real number (``learning_rate`` may
-      be a schedule) or ``sparse_counter`` not a bool; at ``init``, for an
+      be a schedule) or ``sparse_counter``/``compensated_sum`` not a bool; at ``init``, for an
       integer or bool parameter.
   """
   return optax.chain(
       transforms.scale_by_arithmetic_rms(
-          eps=eps, sparse_counter=sparse_counter, state_dtype=state_dtype
+          eps=eps, sparse_counter=sparse_counter, state_dtype=state_dtype,
+          compensated_sum=compensated_sum,
       ),
       transforms.outer_momentum(beta=beta, state_dtype=state_dtype),
       transforms.scale_by_lr(learning_rate),

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import numpy as np
 
 
 class ExpectigradReference:
   """Expectigrad on one float64 numpy vector, exactly as the update rule reads."""
 
-  def __init__(self, x, lr=0.001, beta=0.9, eps=1e-8, sparse_counter=True):
+  def __init__(self, x, lr=0.001, beta=0.9, eps=1e-8, sparse_counter=True, exact_sum=False):
+    """``exact_sum``: s is the correctly rounded sum of all g**2 (math.fsum), not a running sum."""
     self.x = np.array(x, dtype=np.float64)
     self.lr, self.beta, self.eps, self.sparse_counter = lr, beta, eps, sparse_counter
+    self.squares = [] if exact_sum else None
     self.s = np.zeros_like(self.x)
     self.n = np.zeros_like(self.x)
     self.m = np.zeros_like(self.x)
@@ -26,7 +30,11 @@ class ExpectigradReference:
   def step(self, g):
     g = np.asarray(g, dtype=np.float64)
     self.t += 1
-    self.s = self.s + g**2
+    if self.squares is None:
+      self.s = self.s + g**2
+    else:
+      self.squares.append(g**2)
+      self.s = np.array([math.fsum(column) for column in zip(*self.squares)])
     if self.sparse_counter:
       self.n = self.n + np.sign(g**2)
     else:

@@ -112,6 +112,21 @@ def divide_by_rms(updates: jax.Array, mean_square: jax.Array, eps: Any) -> jax.A
   return updates / (eps + jnp.sqrt(mean_square))
 
 
+def kahan_add(total: jax.Array, compensation: jax.Array, term: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+  """``total + term`` with Kahan's compensation: returns ``(new total, new compensation)``.
+
+  ``compensation`` holds minus the low-order part that the last additions
+  rounded away; it is folded into the next term. The order of operations is
+  the algorithm: XLA and torch keep floating-point expressions as written
+  (no reassociation without fast-math), so ``(new - total) - term`` is not
+  simplified to 0.
+  """
+  corrected = term - compensation
+  new_total = total + corrected
+  return new_total, (new_total - total) - corrected
+
+
 def zero_count() -> jax.Array:
   """A fresh step counter: int32, so it is exact for 2^31 - 1 steps."""
   return jnp.zeros([], jnp.int32)

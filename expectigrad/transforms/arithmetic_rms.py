@@ -21,15 +21,20 @@ class ArithmeticRmsState(NamedTuple):
     sum_of_squares: running sum of squared gradients, one per parameter.
     nonzero_count: int32 per-element number of steps with a nonzero gradient
       (the "sparse counter"), or None when the global ``count`` is used.
+    compensation: with ``compensated_sum``, the rounding error of
+      ``sum_of_squares`` still to be added back (Kahan summation), one per
+      parameter; else None.
   """
 
   count: jax.Array
   sum_of_squares: optax.Updates
   nonzero_count: Optional[optax.Updates]
+  compensation: Optional[optax.Updates] = None
 
 
 def arithmetic_rms(
-    eps: float = 1e-8, sparse_counter: bool = True, state_dtype: Any = None
+    eps: float = 1e-8, sparse_counter: bool = True, state_dtype: Any = None,
+    compensated_sum: bool = False,
 ) -> Preconditioner:
   """The preconditioner ``eps + sqrt(s / n)`` with ``s`` a sum, not an EMA.
 
@@ -40,22 +45,33 @@ def arithmetic_rms(
   diluted by the steps that did not touch them. ``0 / 0`` is taken as 0: an
   element that has never had a nonzero gradient gets denominator ``eps``.
 
+  A float32 sum stops absorbing small terms once it is large: with squared
+  gradients of equal size its mean is 1.6% low after 1e7 steps and 33% low
+  after 1.2e8 (``python -m benchmarks.bench_long_runs``). ``compensated_sum``
+  keeps the rounding error of every addition in a second buffer and adds it
+  back at the next step (Kahan summation), which keeps the mean exact to a
+  few ulps for any number of steps, at the cost of one more state buffer.
+
   Args:
     eps: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count for every element (False).
     state_dtype: dtype of the sum of squares; None means the parameter's
       dtype, promoted to at least float32.
+    compensated_sum: keep the sum of squares with Kahan summation (one more
+      buffer of ``state_dtype``).
 
   Returns:
     A :class:`Preconditioner` with :class:`ArithmeticRmsState`.
 
   Raises:
     ValueError: if ``eps <= 0``.
-    TypeError: if ``eps`` is not a real number or ``sparse_counter`` not a bool.
+    TypeError: if ``eps`` is not a real number, or ``sparse_counter`` or
+      ``compensated_sum`` not a bool.
   """
   _validation.check_positive('eps', eps)
   _validation.check_bool('sparse_counter', sparse_counter)
+  _validation.check_bool('compensated_sum', compensated_sum)
 
   def init(params):
     _numerics.check_parameters(params)
@@ -67,12 +83,22 @@ def arithmetic_rms(
             if sparse_counter
             else None
         ),
+        compensation=(
+            _numerics.zeros_for_state(params, state_dtype) if compensated_sum else None
+        ),
     )
 
   def accumulate(gradients, state):
     _numerics.check_gradients(gradients, state=state.sum_of_squares)
     squares = jax.tree.map(_numerics.square_in_state, gradients, state.sum_of_squares)
-    sum_of_squares = jax.tree.map(jnp.add, state.sum_of_squares, squares)
+    compensation = state.compensation
+    if compensated_sum:
+      # Two maps over the same expressions: jit computes them once.
+      new = lambda part: jax.tree.map(lambda s, c, g2: _numerics.kahan_add(s, c, g2)[part],
+                                      state.sum_of_squares, compensation, squares)
+      sum_of_squares, compensation = new(0), new(1)
+    else:
+      sum_of_squares = jax.tree.map(jnp.add, state.sum_of_squares, squares)
     nonzero_count = state.nonzero_count
     if sparse_counter:
       nonzero_count = jax.tree.map(
@@ -82,6 +108,7 @@ def arithmetic_rms(
         count=_numerics.increment(state.count),
         sum_of_squares=sum_of_squares,
         nonzero_count=nonzero_count,
+        compensation=compensation,
     )
 
   def scale(tree, state):
@@ -100,7 +127,8 @@ def arithmetic_rms(
 
 
 def scale_by_arithmetic_rms(
-    eps: float = 1e-8, sparse_counter: bool = True, state_dtype: Any = None
+    eps: float = 1e-8, sparse_counter: bool = True, state_dtype: Any = None,
+    compensated_sum: bool = False,
 ) -> optax.GradientTransformation:
   """Scales updates by ``1 / (eps + sqrt(s / n))``, Expectigrad's denominator.
 
@@ -114,11 +142,15 @@ def scale_by_arithmetic_rms(
       global step count for every element (False).
     state_dtype: dtype of the sum of squares; None means the parameter's
       dtype, promoted to at least float32.
+    compensated_sum: keep the sum of squares with Kahan summation (see
+      :func:`arithmetic_rms`).
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`ArithmeticRmsState`.
 
   Raises:
     ValueError: if ``eps <= 0``.
+    TypeError: as :func:`arithmetic_rms`.
   """
-  return scale_by_preconditioner(arithmetic_rms(eps, sparse_counter, state_dtype))
+  return scale_by_preconditioner(
+      arithmetic_rms(eps, sparse_counter, state_dtype, compensated_sum))
