@@ -19,26 +19,28 @@ class ExpectigradReference:
 
   def __init__(self, x, lr=0.001, beta=0.9, eps=1e-8, sparse_counter=True, exact_sum=False):
     """``exact_sum``: s is the correctly rounded sum of all g**2 (math.fsum), not a running sum."""
-    self.x = np.array(x, dtype=np.float64)
+    # Complex parameters stay complex (squares are |g|**2, as in optax.adam).
+    self.x = np.array(x, dtype=np.result_type(np.asarray(x).dtype, np.float64))
     self.lr, self.beta, self.eps, self.sparse_counter = lr, beta, eps, sparse_counter
     self.squares = [] if exact_sum else None
-    self.s = np.zeros_like(self.x)
-    self.n = np.zeros_like(self.x)
+    self.s = np.zeros(self.x.shape)  # real, also for complex x
+    self.n = np.zeros(self.x.shape)
     self.m = np.zeros_like(self.x)
     self.t = 0
 
   def step(self, g):
-    g = np.asarray(g, dtype=np.float64)
+    g = np.asarray(g, dtype=self.x.dtype)
     self.t += 1
+    square = (g * np.conj(g)).real  # g**2, or |g|**2 for complex g
     if self.squares is None:
-      self.s = self.s + g**2
+      self.s = self.s + square
     else:
-      self.squares.append(g**2)
+      self.squares.append(square)
       self.s = np.array([math.fsum(column) for column in zip(*self.squares)])
     if self.sparse_counter:
-      self.n = self.n + np.sign(g**2)
+      self.n = self.n + np.sign(square)
     else:
-      self.n = np.full_like(self.x, self.t)
+      self.n = np.full(self.x.shape, float(self.t))
     # Non-finite gradients are allowed (they propagate); keep numpy quiet about them.
     with np.errstate(invalid='ignore', divide='ignore'):
       mean = np.where(self.n > 0, self.s / self.n, 0.0)  # 0/0 := 0
@@ -82,6 +84,7 @@ def run_reference(
 
 def max_relative_error(actual, expected) -> float:
   """max |a - e| / max(|e|, tiny) over all elements."""
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  dtype = np.result_type(np.asarray(actual).dtype, np.asarray(expected).dtype, np.float64)
+  actual, expected = np.asarray(actual, dtype), np.asarray(expected, dtype)
   scale = np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
   return float(np.max(np.abs(actual - expected) / scale))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
-def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
+def zeros_for_state(params: Any, state_dtype: Any = None, real: bool = False) -> Any:
   """Zero per-element state buffers for ``params``, each shaped (and sharded) like its parameter.
 
   Args:
@@ -18,13 +18,25 @@ def zeros_for_state(params: Any, state_dtype: Any = None) -> Any:
     state_dtype: the buffers' dtype; None means the parameter's dtype promoted
       to at least float32, so bfloat16/float16 parameters get float32 state
       (their sums of squares would otherwise stop growing after a few
-      thousand steps).
+      thousand steps). For a complex parameter a real floating ``state_dtype``
+      gives the complex type of that precision; an integer one (counters) is kept.
+    real: the buffers hold real numbers even for complex parameters (sums of
+      ``|g|**2``), in the real type of the same precision.
 
   Returns:
     A pytree of zero arrays.
   """
   def zeros(p):
-    return jnp.zeros_like(p, dtype=state_dtype or jnp.promote_types(jnp.result_type(p), jnp.float32))
+    dtype = jnp.result_type(p)
+    if state_dtype is None:
+      dtype = jnp.promote_types(dtype, jnp.float32)
+    elif jnp.issubdtype(dtype, jnp.complexfloating) and jnp.issubdtype(state_dtype, jnp.floating):
+      dtype = jnp.promote_types(state_dtype, jnp.complex64)
+    else:
+      dtype = state_dtype
+    if real:
+      dtype = jnp.finfo(dtype).dtype
+    return jnp.zeros_like(p, dtype=dtype)
 
   return jax.tree.map(zeros, params)
 
@@ -38,7 +50,8 @@ def check_parameters(params: Any) -> None:
 
   Integer and bool parameters cannot take a fractional step (``torch.optim``
   refuses them too); their state would silently be integer as well. Complex
-  parameters are let through. ``None`` leaves are skipped.
+  parameters are optimized as ``optax.adam`` does (squares are ``|g|**2``).
+  ``None`` leaves are skipped.
 
   Raises:
     TypeError: naming the first non-floating-point leaf's path and dtype.
@@ -96,10 +109,15 @@ def check_gradients(gradients: Any, state: Any = None, params: Any = None) -> No
 
 
 def square_in_state(gradient: jax.Array, state: jax.Array) -> jax.Array:
-  """``gradient**2`` in ``state``'s dtype.
+  """``|gradient|**2`` in ``state``'s (real) dtype.
 
-  Squared in the state's precision: a bfloat16 ``g**2`` would lose most digits.
+  Squared in the state's precision: a bfloat16 ``g**2`` would lose most
+  digits. A complex gradient gives ``re**2 + im**2``, as ``optax.adam``'s
+  second moment: ``g**2`` would be complex, and negative for an imaginary ``g``.
   """
+  if jnp.issubdtype(gradient.dtype, jnp.complexfloating):
+    return (jnp.square(gradient.real.astype(state.dtype))
+            + jnp.square(gradient.imag.astype(state.dtype)))
   return jnp.square(gradient.astype(state.dtype))
 
 

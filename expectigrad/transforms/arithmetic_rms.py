@@ -77,14 +77,14 @@ def arithmetic_rms(
     _numerics.check_parameters(params)
     return ArithmeticRmsState(
         count=_numerics.zero_count(),
-        sum_of_squares=_numerics.zeros_for_state(params, state_dtype),
+        sum_of_squares=_numerics.zeros_for_state(params, state_dtype, real=True),
         nonzero_count=(
             _numerics.zeros_for_state(params, jnp.int32)
             if sparse_counter
             else None
         ),
         compensation=(
-            _numerics.zeros_for_state(params, state_dtype) if compensated_sum else None
+            _numerics.zeros_for_state(params, state_dtype, real=True) if compensated_sum else None
         ),
     )
 

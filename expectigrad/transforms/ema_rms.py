@@ -57,7 +57,7 @@ def ema_rms(
     _numerics.check_parameters(params)
     return EmaRmsState(
         count=_numerics.zero_count(),
-        mean_of_squares=_numerics.zeros_for_state(params, state_dtype),
+        mean_of_squares=_numerics.zeros_for_state(params, state_dtype, real=True),
     )
 
   def accumulate(gradients, state):
