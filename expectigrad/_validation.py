@@ -26,13 +26,6 @@ def real_value(name: str, value: Any, accepted: str, schedules: bool = False) ->
   """
   if isinstance(value, jax.core.Tracer) or (schedules and callable(value)):
     return None
-  if type(value).__module__.startswith('torch'):
-    # A torch tensor: its kind only. Reading its value would synchronise with
-    # its device, and the check must stay plain Python under torch.compile.
-    if getattr(value, 'ndim', None) == 0 and value.is_floating_point():
-      return None
-    raise TypeError(f'{name} must be a number or a 0-d floating-point tensor {accepted}, '
-                    f'got a {value.dtype} tensor of shape {tuple(value.shape)}.')
   if isinstance(value, numbers.Real) and not isinstance(value, bool):
     return float(value)
   dtype = str(getattr(value, 'dtype', ''))

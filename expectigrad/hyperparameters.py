@@ -11,9 +11,8 @@ sequences, complex numbers; ``sparse_counter`` must be a bool), a
 framework spells it and the accepted range.
 
 Accepted numbers are Python numbers, numpy scalars and 0-d arrays, and 0-d
-tensors. A torch tensor is checked for its kind only: reading its value
-would synchronise with its device, and inside ``torch.compile`` the check
-must stay plain Python.
+tensors (``expectigrad.pytorch`` checks a torch tensor for its kind only:
+reading its value would synchronise with its device).
 """
 
 from __future__ import annotations
@@ -128,11 +127,11 @@ def as_floats(values: Mapping[str, Any]) -> dict[str, Any]:
 
   numpy scalars, 0-d arrays and eager TF tensors become floats, so they can be
   baked into a traced chain (JAX cannot trace a TF tensor) or handed to Keras
-  (which takes a float learning rate). Bools, schedules, torch tensors and
-  symbolic tensors are returned as they are.
+  (which takes a float learning rate). Bools, schedules and symbolic
+  tensors are returned as they are.
   """
   def plain(name, value):
-    if isinstance(value, bool) or callable(value) or type(value).__module__.startswith('torch'):
+    if isinstance(value, bool) or callable(value):
       return value
     number = _validation.real_value(name, value, '')
     return value if number is None else number

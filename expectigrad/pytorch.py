@@ -70,5 +70,10 @@ class Expectigrad(torch_bridge.Optimizer):
     """
     del group_index
     values = {**dict(static), **traced}
-    hyperparameters.check('torch', {h.name_in('torch'): values[h.key]
-                                    for h in hyperparameters.HYPERPARAMETERS})
+    named = {h.name_in('torch'): values[h.key] for h in hyperparameters.HYPERPARAMETERS}
+    for name, value in named.items():
+      if isinstance(value, torch.Tensor) and (value.ndim != 0 or not value.is_floating_point()):
+        raise TypeError(f'{name} must be a number or a 0-d floating-point tensor, '
+                        f'got a {value.dtype} tensor of shape {tuple(value.shape)}.')
+    hyperparameters.check('torch', {name: value for name, value in named.items()
+                                    if not isinstance(value, torch.Tensor)})
