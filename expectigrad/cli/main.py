@@ -1,8 +1,8 @@
-"""``expectigrad demo | reddi | bench``: argument parsing and dispatch.
+"""``expectigrad demo | reddi | bench | reproduce``: argument parsing and dispatch.
 
 Every bad flag or value ends with exit status 2 (argparse's convention) and
 one ``error:`` line: argparse checks the syntax and ranges of the values
-(``--seed``, ``--steps``, ``--rounds``, the choices), and a value the machine
+(``--seed``, ``--steps``, ``--rounds``, the choices, ``--only``), and a value the machine
 cannot use (a framework or the ``demo`` extra that is not installed, naming
 the extra to install; an output path under a file; ``bench`` outside a
 source checkout) is reported the same way before any work starts. A run that
@@ -25,6 +25,9 @@ from expectigrad.cli.task import DATASETS
 
 
 SEED_LIMIT = 2**32   # numpy's generators take seeds in [0, 2**32)
+# The experiments of ``expectigrad reproduce`` (its ``--only`` choices), in the
+# order they run; here so that parsing does not import JAX.
+EXPERIMENT_NAMES = ('reddi-sweep', 'online', 'lr-robustness', 'ablations')
 
 
 def _positive_int(text: str) -> int:
@@ -90,6 +93,19 @@ def _reddi(args: argparse.Namespace) -> None:
   print(f'{title}\n\n{table}\n\nwrote {out / "reddi.png"} and {out / "reddi.md"}')
 
 
+# Each dataset -> the module of the ``demo`` extra that provides it.
+_DATASET_MODULES = {'digits': 'sklearn', 'mnist1d': 'mnist1d'}
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+  from expectigrad.cli import reproduce  # pylint: disable=import-outside-toplevel
+  config = reproduce.CONFIGS['full' if args.full else 'default']
+  only = args.only or list(reproduce.EXPERIMENTS)
+  trains_mlps = {'lr-robustness', 'ablations'} & set(only)
+  _require_demo_extra('matplotlib', 'tqdm', *(_DATASET_MODULES[d] for d in config.datasets if trains_mlps))
+  reproduce.run_reproduce(_output_dir(args.out), config, args.seed, only, progress=not args.no_progress)
+
+
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
   from expectigrad.cli import bench  # pylint: disable=import-outside-toplevel
   workloads = bench.import_benchmarks().WORKLOADS
@@ -105,7 +121,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
   parser = argparse.ArgumentParser(
       prog='expectigrad',
       description='Expectigrad (Daley & Amato, arXiv:2010.01356): demos and benchmarks.')
-  commands = parser.add_subparsers(dest='command', required=True, metavar='{demo,reddi,bench}')
+  commands = parser.add_subparsers(dest='command', required=True, metavar='{demo,reddi,bench,reproduce}')
 
   demo = commands.add_parser(
       'demo', help='train a small MLP with Expectigrad, Adam, AMSGrad and SGD+momentum',
@@ -141,7 +157,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help='W1: one 16.8M-element tensor; W2: ResNet-18 shapes (default: W1 W2)')
   bench.add_argument('--rounds', type=_positive_int, default=None, metavar='N',
                      help="interleaved timing rounds (default: each script's own)")
-  return parser, {'demo': demo, 'reddi': reddi, 'bench': bench}
+  reproduce = commands.add_parser(
+      'reproduce', help="the paper's claims, reproduced in minutes on a CPU: PNG figures and results.md",
+      description="Reruns the paper's claims in JAX: Reddi et al.'s section 3 problem swept over C and beta2, "
+                  'its section 5 online and stochastic problems for 1e6+ rounds, robustness to the learning '
+                  'rate on digits and MNIST-1D, and the ablation grid. Writes one PNG per experiment and '
+                  'results.md (every number from this run); the default sizes take a few minutes on 2 CPU cores.')
+  reproduce.add_argument('--full', action='store_true',
+                         help='longer runs: more rounds and steps, 5 seeds, a finer learning-rate grid')
+  reproduce.add_argument('--only', nargs='+', choices=EXPERIMENT_NAMES, metavar='EXPERIMENT',
+                         help=f'run only these, from {", ".join(EXPERIMENT_NAMES)} (default: all)')
+  reproduce.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out/reproduce'),
+                         metavar='DIR', help='directory for the PNGs and results.md '
+                                             '(default: ./expectigrad-out/reproduce)')
+  reproduce.add_argument('--seed', type=_seed, default=0, metavar='S',
+                         help='seeds the stochastic problem and the MLPs (S, S+1, ...); 0 <= S < 2**32 (default: 0)')
+  reproduce.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+  return parser, {'demo': demo, 'reddi': reddi, 'bench': bench, 'reproduce': reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       _demo(args)
     elif args.command == 'reddi':
       _reddi(args)
+    elif args.command == 'reproduce':
+      _reproduce(args)
     else:
       _bench(args, subparsers['bench'])
   except CommandError as error:
