@@ -115,6 +115,20 @@ def parity_jitted_stateless_apply():
     assert_matches(run_jitted(optimizer(beta=beta, sparse_counter=sparse_counter), 300), expected)
 
 
+@check('torch')
+def parity_lowered_torch_program():
+  """The lowered torch program (GPU and torch.compile path), run eagerly on CPU here."""
+  from expectigrad.bridges import _keras_torch  # pylint: disable=import-outside-toplevel
+  default, _keras_torch.CPU_DEFAULT = _keras_torch.CPU_DEFAULT, 'torch'
+  try:
+    for beta, sparse_counter in reference.CONFIGS:
+      expected = reference.run_reference(beta=beta, sparse_counter=sparse_counter, steps=300, **HYPER)
+      assert_matches(run(optimizer(beta=beta, sparse_counter=sparse_counter), steps=300), expected)
+    sparse_gradients_equal_dense()
+  finally:
+    _keras_torch.CPU_DEFAULT = default
+
+
 @check('tensorflow')
 def parity_tf_function_and_xla():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -25,7 +25,7 @@ PACKAGES = {'tensorflow': 'tensorflow', 'jax': 'jax', 'torch': 'torch'}
 CHECK_NAMES = {
     'tensorflow': ['parity_tf_function_and_xla', 'plain_tf_variables_work_as_with_keras_adam'],
     'jax': ['parity_jitted_stateless_apply'],
-    'torch': [],
+    'torch': ['parity_lowered_torch_program'],
 }
 COMMON = [
     'parity_custom_loop', 'gradient_clipping', 'weight_decay_lr_alias_and_inverse_time_decay',

@@ -2,10 +2,14 @@
 
 The chain's ``init`` and ``update`` are traced once with JAX for the
 variables' shapes and dtypes and lowered by :mod:`expectigrad.jax2torch`
-(as the torch optimizer does), so a step runs torch operations on the
-variables' device and no JAX; under Keras's ``jit_compile=True`` (a
-``torch.compile`` of the train step) Inductor fuses them. The new values are
-written through the optimizer's ``assign``.
+(as the torch optimizer does). Where a step runs follows the torch bridge's
+``executor='auto'``: on a GPU, and inside ``torch.compile`` (Keras's
+``jit_compile=True`` compiles the train step, and Inductor fuses the
+update), the lowered torch program runs; eagerly on CPU, where that program
+runs one pass over memory per operation, the same traced update runs on the
+JAX runtime, the tensors crossing through dlpack (the torch optimizer's CPU
+default, for the same reason). The new values are written through the
+optimizer's ``assign``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ import torch
 
 from expectigrad import jax2torch
 from expectigrad.bridges import _conventions
+
+
+# What runs eager steps on CPU: 'jax' (the traced update on the JAX runtime,
+# as the torch optimizer's CPU default) or 'torch' (the lowered program).
+CPU_DEFAULT = 'jax'
 
 
 def initialising():
@@ -77,6 +86,7 @@ class Chain:
           lambda p: self._make(1.0).init(dict(zip(self._keys, p))), specs))
       self._init = jax2torch.lower(self._jax_init, specs)
       self._update = jax2torch.lower(self._jax_update, specs, specs, state, hyper)
+    self._jitted_update = jax.jit(self._jax_update)
     self.leaves = _conventions.named_leaves(
         jax.tree.unflatten(self._treedef, state), self._keys)
     unsupported = self._init.unsupported | self._update.unsupported
@@ -105,6 +115,18 @@ class Chain:
       self._update.place(device)
       self._device = device
 
+  def _runs_in_jax(self, device: torch.device) -> bool:
+    return (device.type == 'cpu' and CPU_DEFAULT == 'jax'
+            and not torch.compiler.is_compiling())
+
+  def _run_in_jax(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The traced update on the JAX runtime: zero-copy through dlpack where XLA accepts the buffer."""
+    with _conventions.x64_scope(self._dtypes):
+      leaves = [jax.dlpack.from_dlpack(a.contiguous()) for a in args]
+      params, gradients, state, rate = jax.tree.unflatten(self._update.in_tree, leaves)
+      outputs = self._jitted_update(params, gradients, state, rate)
+      return [torch.from_dlpack(x) for x in jax.tree.leaves(outputs)]
+
   def init(self, variables: Sequence[Any]) -> list[torch.Tensor]:
     values = [_value(v).detach() for v in variables]
     device = values[0].device if values else torch.device('cpu')
@@ -121,8 +143,11 @@ class Chain:
       device = values[0].device
       self._place(device)
       rate = torch.as_tensor(_value(learning_rate)).detach().to(device=device, dtype=self._hyper_dtype)
-      outputs = self._update(*values, *[g.detach() for g in gradients],
-                             *[_value(v).detach() for v in state], rate)
+      args = [*values, *[g.detach() for g in gradients], *[_value(v).detach() for v in state], rate]
+      if self._runs_in_jax(device):
+        outputs = self._run_in_jax(args)
+      else:
+        outputs = self._update(*args)
       new_params, new_state = outputs[:len(params)], outputs[len(params):]
       for i, (variable, value) in enumerate(zip(params, new_params)):
         if i not in frozen:
