@@ -83,7 +83,9 @@ class Optimizer(torch.optim.Optimizer):
   device and dtype, so tree-wide operations (``optax.clip_by_global_norm``)
   see one param group. Parameters whose ``grad`` is None are skipped and
   keep their state, step counts included. A group's ``maximize=True``
-  ascends, as in ``torch.optim``.
+  ascends, as in ``torch.optim``. Complex parameters are optimized as pairs
+  of real numbers (their ``torch.view_as_real`` view), as ``torch.optim``
+  does; their state has the real view's shape.
 
   How a step runs (``executor``):
 
@@ -107,7 +109,7 @@ class Optimizer(torch.optim.Optimizer):
 
   Raises:
     TypeError: if ``transform`` is neither, hyperparameters are given with a
-      fixed transformation, or a parameter is not floating point.
+      fixed transformation, or a parameter is neither floating point nor complex.
     ValueError: if the factory rejects a group's hyperparameters, or
       ``executor`` is unknown.
   """
@@ -172,9 +174,9 @@ class Optimizer(torch.optim.Optimizer):
     index = len(self.param_groups) - 1
     try:
       for p in self.param_groups[index]['params']:
-        if not p.is_floating_point():
+        if not (p.is_floating_point() or p.is_complex()):
           raise TypeError(f'param_groups[{index}] holds a {p.dtype} parameter; '
-                          'only floating-point parameters can be optimized.')
+                          'only floating-point and complex parameters can be optimized.')
       self._hyperparameters(index)
     except Exception:
       self.param_groups.pop()
@@ -291,7 +293,7 @@ class Optimizer(torch.optim.Optimizer):
       traced, static = self._hyperparameters(index)
       every = group['params']
       for positions in _by_kind(range(len(every)), every).values():
-        self._chain(tuple(sorted(traced)), static, [every[i] for i in positions])
+        self._chain(tuple(sorted(traced)), static, [_as_real(every[i]) for i in positions])
 
   # -- state ----------------------------------------------------------------------
 
@@ -318,15 +320,18 @@ class Optimizer(torch.optim.Optimizer):
     return list(by_label.values())
 
   def _init_state(self, chain: LoweredChain, hyper: list[torch.Tensor],
-                  params: list[torch.Tensor]) -> None:
-    """Fresh state for parameters that never stepped, from the lowered ``init``."""
-    values = chain.init(*hyper, *params)
+                  params: list[torch.Tensor], arrays: list[torch.Tensor]) -> None:
+    """Fresh state for parameters that never stepped, from the lowered ``init``.
+
+    ``arrays`` are the parameters as the chain sees them (see :func:`_as_real`).
+    """
+    values = chain.init(*hyper, *arrays)
     for p in params:
       self.state[p] = {}
     for leaf, value in zip(chain.state, values):
-      owners = params if leaf.owner is None else [params[leaf.owner]]
-      for p in owners:
-        shape = _torch_chain.storage_shape(leaf, p)
+      owners = range(len(params)) if leaf.owner is None else [leaf.owner]
+      for i in owners:
+        p, shape = params[i], _torch_chain.storage_shape(leaf, arrays[i])
         self.state[p][leaf.name] = torch.as_tensor(value, device=p.device).to(
             leaf.dtype).expand(leaf.shape).reshape(shape).clone(
                 memory_format=torch.contiguous_format)
@@ -364,16 +369,17 @@ class Optimizer(torch.optim.Optimizer):
   def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,
                    maximize: bool) -> None:
     names = tuple(sorted(traced))
-    chain = self._chain(names, static, params)
+    arrays = [_as_real(p) for p in params]
+    chain = self._chain(names, static, arrays)
     device = params[0].device
     hyper = [self._hyper_tensor(k, traced[k], device, chain.hyper_dtype) for k in names]
     if not self.state[params[0]]:
-      self._init_state(chain, hyper, params)
-    grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
+      self._init_state(chain, hyper, params, arrays)
+    grads = [_as_real(p.grad.to_dense() if p.grad.is_sparse else p.grad) for p in params]
     if maximize:
       grads = torch._foreach_neg(grads)
     in_jax = self._runs_in_jax(chain)
-    if in_jax:
+    if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
       flat = self._flat_chain(chain, names, static, params)
       if flat.usable:
         self._flat_cohort(flat, params).step(self.state, traced, grads)
@@ -387,13 +393,13 @@ class Optimizer(torch.optim.Optimizer):
       # the source after writing it (measured: counts one too high).
       targets.append([self.state[p][leaf.name] for p in
                       (params[1:] + params[:1] if leaf.owner is None else [owner])])
-    args = [*hyper, *grads, *state_in, *(params if chain.needs_params else [])]
+    args = [*hyper, *grads, *state_in, *(arrays if chain.needs_params else [])]
     if in_jax:
-      _write_back(params, targets, chain.run_in_jax(args))
+      _write_back(arrays, targets, chain.run_in_jax(args))
     elif self._compile and not torch.compiler.is_compiling():
-      self._compiled(chain)(params, targets, args)
+      self._compiled(chain)(arrays, targets, args)
     else:
-      _write_back(params, targets, chain.update(*args))
+      _write_back(arrays, targets, chain.update(*args))
 
   def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
                    ) -> _torch_flat_jax.Cohort:
@@ -458,7 +464,7 @@ class Optimizer(torch.optim.Optimizer):
     if len(labels) != 1 or any(p not in self.state for p in params):
       raise ValueError(f'param_groups[{group_index}]: not all parameters have stepped together.')
     traced, static = self._hyperparameters(group_index)
-    chain = self._chain(tuple(sorted(traced)), static, params)
+    chain = self._chain(tuple(sorted(traced)), static, [_as_real(p) for p in params])
     leaves = []
     for leaf in chain.state:
       owner = params[0 if leaf.owner is None else leaf.owner]
@@ -505,9 +511,10 @@ class Optimizer(torch.optim.Optimizer):
       index, position = param_of[saved_id]
       p = self.param_groups[index]['params'][position]
       traced, static = hyper[index]
-      chain = self._chain(tuple(sorted(traced)), static, [p])
+      chain = self._chain(tuple(sorted(traced)), static, [_as_real(p)])
       _check_param_state(saved_id, tensors, {
-          leaf.name: (_torch_chain.storage_shape(leaf, p), leaf.dtype) for leaf in chain.state})
+          leaf.name: (_torch_chain.storage_shape(leaf, _as_real(p)), leaf.dtype)
+          for leaf in chain.state})
       new_state[p] = {k: v.to(device=p.device, copy=True) for k, v in tensors.items()}
       shared_values[(index, position)] = repr(
           [tensors[leaf.name].tolist() for leaf in chain.state if leaf.owner is None])
@@ -525,6 +532,16 @@ class Optimizer(torch.optim.Optimizer):
     self._checked = {}
     for hook in self._optimizer_load_state_dict_post_hooks.values():
       hook(self)
+
+
+def _as_real(tensor: torch.Tensor) -> torch.Tensor:
+  """A complex tensor as its real view (``torch.view_as_real``); a real one as it is.
+
+  Complex parameters are optimized as pairs of real numbers, as
+  ``torch.optim`` does: the chain sees, and writes through, the real view,
+  and the parameter's state has that view's shape (``p.shape + (2,)``).
+  """
+  return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def _by_kind(positions: Sequence[int], params: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
