@@ -46,6 +46,13 @@ def _optimizers():
   return [(ADAM, keras.optimizers.Adam(1e-3)), (OURS, Expectigrad(1e-3))]
 
 
+def _applier(opt, params):
+  """``grads -> None`` applying ``opt`` to ``params`` (a closure, so tf.function does not trace them)."""
+  def apply(gradients):
+    opt.apply(gradients, params)
+  return apply
+
+
 def _tensorflow_steps(workload: str) -> dict[str, Callable[[], None]]:
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -55,8 +62,7 @@ def _tensorflow_steps(workload: str) -> dict[str, Callable[[], None]]:
   for name, opt in _optimizers():
     params = [keras.Variable(p) for p in _arrays(workload, 0)]
     opt.build(params)
-    # A closure, so tf.function does not trace the variables as arguments.
-    apply = tf.function(lambda g, opt=opt, params=params: opt.apply(g, params), jit_compile=True)
+    apply = tf.function(_applier(opt, params), jit_compile=True)
     # Fetching one element of a parameter waits for the step (eager dispatch is
     # asynchronous) without copying the whole tensor to the host.
     steps[f'{name}, jit_compile=True'] = (

@@ -11,6 +11,7 @@ from typing import Any
 
 from expectigrad import hyperparameters
 from expectigrad.bridges import tf1
+from expectigrad.bridges._conventions import raveled_layout
 
 
 class ExpectigradOptimizer(tf1.Optimizer):
@@ -21,7 +22,8 @@ class ExpectigradOptimizer(tf1.Optimizer):
     train_op = expectigrad.tensorflow1.ExpectigradOptimizer(1e-3).minimize(loss)
 
   Its slots are ``sum_of_squares``, ``nonzero_count`` (with ``sparse_counter``)
-  and ``momentum`` (with ``beta > 0``).
+  and ``momentum`` (with ``beta > 0``), raveled (1-D) for variables of two or
+  more dimensions whose last dimension is below 16 (see :func:`expectigrad.bridges._conventions.raveled_layout`).
 
   Args:
     learning_rate: a number >= 0, a scalar tensor, or a callable returning one.
@@ -48,9 +50,9 @@ class ExpectigradOptimizer(tf1.Optimizer):
       name: str = 'Expectigrad',
   ):
     super().__init__(
-        hyperparameters.checked_factory('tf1', dict(
+        raveled_layout(hyperparameters.checked_factory('tf1', dict(
             learning_rate=learning_rate, beta=beta, epsilon=epsilon,
-            sparse_counter=sparse_counter), schedules=True),
+            sparse_counter=sparse_counter), schedules=True)),
         learning_rate=learning_rate,
         use_locking=use_locking,
         name=name,

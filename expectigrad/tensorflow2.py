@@ -3,6 +3,9 @@
 A thin specialisation of :class:`expectigrad.bridges.keras.Optimizer` over
 :func:`expectigrad.expectigrad`, registered as Keras-serializable so a saved
 ``.keras`` model reloads with its optimizer state and no ``custom_objects``.
+It runs on every Keras backend (``KERAS_BACKEND=jax``, ``torch`` or
+``tensorflow``; the module keeps its 2020 name), and a ``.keras`` file saved
+on one backend continues on another.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from keras import ops
 
 from expectigrad import _validation, hyperparameters
 from expectigrad.bridges import keras as keras_bridge
+from expectigrad.bridges._conventions import raveled_layout
 
 
 @keras.saving.register_keras_serializable(package='expectigrad')
 class Expectigrad(keras_bridge.Optimizer):
-  """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356) for Keras 3.
+  """The Expectigrad optimizer (Daley & Amato, arXiv:2010.01356) for Keras 3, on any backend.
 
   Example::
 
@@ -41,7 +45,8 @@ class Expectigrad(keras_bridge.Optimizer):
   Raises:
     ValueError: if a numeric learning rate is < 0, ``beta`` is outside
       [0, 1), ``epsilon <= 0`` or ``decay < 0`` (see :mod:`expectigrad.hyperparameters`).
-    TypeError: if one of them is not a real number, or ``sparse_counter`` not a bool.
+    TypeError: if one of them is not a real number, or ``sparse_counter`` not a bool;
+      at build, if a variable is not real floating point (see the bridge).
   """
 
   def __init__(
@@ -58,7 +63,7 @@ class Expectigrad(keras_bridge.Optimizer):
     _validation.check_non_negative('decay', decay)
     values = dict(learning_rate=learning_rate, beta=beta, epsilon=epsilon,
                   sparse_counter=sparse_counter)
-    factory = hyperparameters.checked_factory('keras', values, schedules=True)
+    factory = raveled_layout(hyperparameters.checked_factory('keras', values, schedules=True))
     # Plain floats: Keras takes a float learning rate, and get_config must serialise.
     values = hyperparameters.as_floats({**values, 'decay': decay})
     super().__init__(factory, learning_rate=values['learning_rate'], name=name, **kwargs)

@@ -216,3 +216,21 @@ def named_leaves(state_shape: Any, param_keys: Sequence[str], separator: str = '
   leaves = describe_state(state_shape, param_keys)
   return [NamedLeaf(name, leaf.owner, leaf.shape, leaf.dtype.name)
           for name, leaf in zip(leaf_names(leaves, separator, short), leaves)]
+
+
+def raveled_layout(factory: Callable[..., optax.GradientTransformation]
+                   ) -> Callable[..., optax.GradientTransformation]:
+  """An elementwise chain's factory with :func:`expectigrad.layout.ravel_short_minor_dims` around it.
+
+  XLA:CPU runs an elementwise update over ``(C, C, 3, 3)`` kernels' state
+  scalar, about 3x slower than over the same buffers raveled (see
+  :mod:`expectigrad.layout`). A published optimizer whose chain is
+  elementwise may keep such state 1-D with this; it does so on every machine
+  and backend, so that its checkpoints and ``.keras`` files move between CPU
+  and GPU machines and Keras backends unchanged.
+  """
+  from expectigrad import layout  # pylint: disable=import-outside-toplevel
+
+  def make(**hyperparameters):
+    return layout.ravel_short_minor_dims(factory(**hyperparameters))
+  return make
