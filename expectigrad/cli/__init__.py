@@ -1,4 +1,4 @@
-"""The ``expectigrad`` command line: ``demo``, ``reddi`` and ``bench``.
+"""The ``expectigrad`` command line: ``reproduce``, ``demo``, ``reddi`` and ``bench``.
 
 Entry point: :func:`expectigrad.cli.main.main` (console script ``expectigrad``,
 or ``python -m expectigrad``). The subcommands need the ``demo`` extra
