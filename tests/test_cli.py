@@ -2,7 +2,6 @@
 
 import importlib.util
 import pathlib
-import re
 import socket
 import subprocess
 import sys

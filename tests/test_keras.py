@@ -11,11 +11,9 @@ import pytest
 tf = pytest.importorskip('tensorflow')
 keras = pytest.importorskip('keras')
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-import expectigrad  # noqa: E402
 from expectigrad import transforms  # noqa: E402
 from expectigrad.bridges import keras as keras_bridge  # noqa: E402
 from expectigrad.tensorflow2 import Expectigrad  # noqa: E402

@@ -6,7 +6,6 @@ bridge does the same, so a complex parameter moves exactly as its real view
 would as a real parameter, and the real view matches the numpy reference.
 """
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')

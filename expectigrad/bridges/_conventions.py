@@ -71,6 +71,46 @@ def make_transform(transform: TransformOrFactory, hyperparameters: Mapping[str, 
 # -- dtypes ------------------------------------------------------------------------------
 
 
+class ListChain:
+  """A transform or factory as the two JAX functions every TF and Keras bridge traces.
+
+  The chain sees the parameters as a dict keyed by ``keys``; the bridges
+  pass lists in that order and keep the state as its list of leaves.
+
+  Args:
+    transform: a transformation or factory (see :func:`make_transform`).
+    keys: one key per parameter (see :func:`unique_keys`).
+    specs: the parameters' ``jax.ShapeDtypeStruct``s, traced in the caller's
+      x64 scope, which fix the state's structure (:attr:`state_shape`).
+  """
+
+  def __init__(self, transform: TransformOrFactory, keys: Sequence[str], specs: Sequence[Any]):
+    self.transform, self.keys = transform, list(keys)
+    self.state_shape = jax.eval_shape(self.make(1.0).init, dict(zip(self.keys, specs)))
+    self._treedef = jax.tree.structure(self.state_shape)
+
+  def make(self, learning_rate: Any) -> optax.GradientTransformation:
+    return make_transform(self.transform, {'learning_rate': learning_rate})
+
+  def init(self, params: Sequence[Any]) -> list[Any]:
+    """``params -> state leaves``; the chain's init takes no learning rate, so 1.0 stands in."""
+    return jax.tree.leaves(self.make(1.0).init(dict(zip(self.keys, params))))
+
+  def update(self, params: Sequence[Any], gradients: Sequence[Any], state: Sequence[Any],
+             learning_rate: Any) -> tuple[list[Any], list[Any]]:
+    """``-> (new parameter values, new state leaves)``.
+
+    Gradients may come flattened (the TF bridges hand them to XLA that way);
+    the chain sees them in their parameters' shapes.
+    """
+    gradients = {k: g.reshape(p.shape) for k, g, p in zip(self.keys, gradients, params)}
+    params = dict(zip(self.keys, params))
+    updates, new_state = self.make(learning_rate).update(
+        gradients, jax.tree.unflatten(self._treedef, state), params)
+    new_params = optax.apply_updates(params, updates)
+    return [new_params[k] for k in self.keys], jax.tree.leaves(new_state)
+
+
 def dtype_name(dtype: Any) -> str:
   """A numpy-style dtype name for a numpy, JAX, TF, torch or Keras dtype (or name)."""
   if isinstance(dtype, str):

@@ -14,9 +14,9 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import keras
-import optax
 
 from expectigrad.bridges import _conventions
+from expectigrad.bridges._keras_one_device import device_of, gradient_shape, local  # noqa: F401
 
 
 def initialising():
@@ -25,20 +25,6 @@ def initialising():
 
 def _value(variable: Any) -> jax.Array:
   return variable.value if isinstance(variable, keras.Variable) else jnp.asarray(variable)
-
-
-def gradient_shape(gradient: Any) -> tuple | None:
-  return tuple(int(d) for d in gradient.shape)
-
-
-def device_of(variable: Any) -> str:
-  del variable
-  return ''
-
-
-def local(variable: Any, device: str) -> Any:
-  del device
-  return variable
 
 
 def dense_gradient(gradient: Any, variable: Any) -> jax.Array:
@@ -57,31 +43,14 @@ class Chain:
 
   def __init__(self, transform: _conventions.TransformOrFactory, names: Sequence[str],
                shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]):
-    self._transform = transform
-    self._keys = _conventions.unique_keys(list(names))
     self._dtypes = list(dtypes)
     self._hyper_dtype = _conventions.hyper_dtype(dtypes)
     specs = [jax.ShapeDtypeStruct(tuple(s), jnp.dtype(d)) for s, d in zip(shapes, dtypes)]
     with _conventions.x64_scope(self._dtypes):
-      state = jax.eval_shape(lambda p: self._make(1.0).init(dict(zip(self._keys, p))), specs)
-    self._treedef = jax.tree.structure(state)
-    self.leaves = _conventions.named_leaves(state, self._keys)
-    self._init: Callable = jax.jit(self._jax_init)
-    self._update: Callable = jax.jit(self._jax_update)
-
-  def _make(self, learning_rate: Any) -> optax.GradientTransformation:
-    return _conventions.make_transform(self._transform, {'learning_rate': learning_rate})
-
-  def _jax_init(self, params):
-    return jax.tree.leaves(self._make(1.0).init(dict(zip(self._keys, params))))
-
-  def _jax_update(self, params, gradients, state, learning_rate):
-    params = dict(zip(self._keys, params))
-    gradients = dict(zip(self._keys, gradients))
-    state = jax.tree.unflatten(self._treedef, state)
-    updates, state = self._make(learning_rate).update(gradients, state, params)
-    new_params = optax.apply_updates(params, updates)
-    return [new_params[key] for key in self._keys], jax.tree.leaves(state)
+      self._chain = _conventions.ListChain(transform, _conventions.unique_keys(list(names)), specs)
+    self.leaves = _conventions.named_leaves(self._chain.state_shape, self._chain.keys)
+    self._init: Callable = jax.jit(self._chain.init)
+    self._update: Callable = jax.jit(self._chain.update)
 
   def init(self, variables: Sequence[Any]) -> list[jax.Array]:
     with _conventions.x64_scope(self._dtypes):

@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import keras
-import optax
 import torch
 
 from expectigrad import jax2torch
 from expectigrad.bridges import _conventions
+from expectigrad.bridges._keras_one_device import device_of, gradient_shape, local  # noqa: F401
 
 
 # What runs eager steps on CPU: 'jax' (the traced update on the JAX runtime,
@@ -37,20 +37,6 @@ def initialising():
 
 def _value(variable: Any) -> torch.Tensor:
   return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def gradient_shape(gradient: Any) -> tuple | None:
-  return tuple(int(d) for d in gradient.shape)
-
-
-def device_of(variable: Any) -> str:
-  del variable
-  return ''
-
-
-def local(variable: Any, device: str) -> Any:
-  del device
-  return variable
 
 
 def dense_gradient(gradient: Any, variable: Any) -> torch.Tensor:
@@ -73,41 +59,23 @@ class Chain:
 
   def __init__(self, transform: _conventions.TransformOrFactory, names: Sequence[str],
                shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]):
-    self._transform = transform
-    self._keys = _conventions.unique_keys(list(names))
     self._dtypes = list(dtypes)
     self._hyper_dtype = getattr(torch, _conventions.hyper_dtype(dtypes))
     self._device: torch.device | None = None
     with _conventions.x64_scope(self._dtypes):
       hyper = jax.ShapeDtypeStruct((), jnp.dtype(_conventions.hyper_dtype(dtypes)))
       specs = [jax.ShapeDtypeStruct(tuple(s), jnp.dtype(d)) for s, d in zip(shapes, dtypes)]
-      state = jax.eval_shape(self._jax_init, specs)
-      self._treedef = jax.tree.structure(jax.eval_shape(
-          lambda p: self._make(1.0).init(dict(zip(self._keys, p))), specs))
-      self._init = jax2torch.lower(self._jax_init, specs)
-      self._update = jax2torch.lower(self._jax_update, specs, specs, state, hyper)
-    self._jitted_update = jax.jit(self._jax_update)
-    self.leaves = _conventions.named_leaves(
-        jax.tree.unflatten(self._treedef, state), self._keys)
+      self._chain = _conventions.ListChain(transform, _conventions.unique_keys(list(names)), specs)
+      state = jax.tree.leaves(self._chain.state_shape)
+      self._init = jax2torch.lower(self._chain.init, specs)
+      self._update = jax2torch.lower(self._chain.update, specs, specs, state, hyper)
+    self._jitted_update = jax.jit(self._chain.update)
+    self.leaves = _conventions.named_leaves(self._chain.state_shape, self._chain.keys)
     unsupported = self._init.unsupported | self._update.unsupported
     if unsupported:
       raise NotImplementedError(
           f'this chain uses {sorted(unsupported)}, which the torch lowering lacks; '
           'use it with KERAS_BACKEND=jax or tensorflow.')
-
-  def _make(self, learning_rate: Any) -> optax.GradientTransformation:
-    return _conventions.make_transform(self._transform, {'learning_rate': learning_rate})
-
-  def _jax_init(self, params):
-    return jax.tree.leaves(self._make(1.0).init(dict(zip(self._keys, params))))
-
-  def _jax_update(self, params, gradients, state, learning_rate):
-    params = dict(zip(self._keys, params))
-    gradients = dict(zip(self._keys, gradients))
-    state = jax.tree.unflatten(self._treedef, state)
-    updates, state = self._make(learning_rate).update(gradients, state, params)
-    new_params = optax.apply_updates(params, updates)
-    return [new_params[key] for key in self._keys], jax.tree.leaves(state)
 
   def _place(self, device: torch.device) -> None:
     if self._device != device:

@@ -19,7 +19,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
-import optax
 import tensorflow as tf
 from jax.experimental import jax2tf
 
@@ -107,20 +106,15 @@ class ConvertedChain:
   ):
     """Converts the chain; raises TypeError like :func:`_conventions.check_transform`."""
     _conventions.check_transform(transform)
-    self._transform = transform
-    self._keys = _conventions.unique_keys(list(names))
     dtype_names = [tf.as_dtype(dtype).name for dtype in dtypes]
     self._dtypes = dtype_names
     self.learning_rate_dtype = tf.as_dtype(_conventions.hyper_dtype(dtype_names))
     self.platforms = tuple(platforms)
-    specs = {
-        key: jax.ShapeDtypeStruct(tuple(shape), np.dtype(tf.as_dtype(dtype).as_numpy_dtype))
-        for key, shape, dtype in zip(self._keys, shapes, dtypes)
-    }
+    specs = [jax.ShapeDtypeStruct(tuple(shape), np.dtype(tf.as_dtype(dtype).as_numpy_dtype))
+             for shape, dtype in zip(shapes, dtypes)]
     with _conventions.x64_scope(dtype_names):
-      state = jax.eval_shape(self._make(1.0).init, specs)
-    self._treedef = jax.tree.structure(state)
-    described = _conventions.describe_state(state, self._keys)
+      self._chain = _conventions.ListChain(transform, _conventions.unique_keys(list(names)), specs)
+    described = _conventions.describe_state(self._chain.state_shape, self._chain.keys)
     self.leaves: list[StateLeaf] = [
         StateLeaf(name, leaf.owner, leaf.shape, tf.as_dtype(leaf.dtype))
         for name, leaf in zip(_conventions.leaf_names(described, '_', short=True), described)
@@ -128,24 +122,8 @@ class ConvertedChain:
     convert = lambda f: tf.function(
         jax2tf.convert(f, with_gradient=False, native_serialization_platforms=self.platforms),
         autograph=False)
-    self._init = convert(self._jax_init)
-    self._update = convert(self._jax_update)
-
-  def _make(self, learning_rate) -> optax.GradientTransformation:
-    return _conventions.make_transform(self._transform, {'learning_rate': learning_rate})
-
-  def _jax_init(self, params: list[jax.Array]) -> list[jax.Array]:
-    state = self._make(1.0).init(dict(zip(self._keys, params)))
-    return jax.tree.leaves(state)
-
-  def _jax_update(self, params, gradients, state_leaves, learning_rate):
-    # Gradients may come flattened (see assigning_step); the chain sees them in shape.
-    gradients = {key: g.reshape(p.shape) for key, g, p in zip(self._keys, gradients, params)}
-    params = dict(zip(self._keys, params))
-    state = jax.tree.unflatten(self._treedef, state_leaves)
-    updates, state = self._make(learning_rate).update(gradients, state, params)
-    new_params = optax.apply_updates(params, updates)
-    return [new_params[key] for key in self._keys], jax.tree.leaves(state)
+    self._init = convert(self._chain.init)
+    self._update = convert(self._chain.update)
 
   def init(self, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """The initial state leaves for these parameter values (TF tensors)."""
