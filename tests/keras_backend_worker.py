@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from tests import reference
+from tests import optax_runs, reference
 
 CHECKS: dict[str, Callable[[], None]] = {}
 HYPER = dict(lr=reference.QUADRATIC_LR, eps=reference.QUADRATIC_EPS)
@@ -241,7 +241,6 @@ def loss_scale_optimizer():
 @check()
 def learning_rate_schedule_and_custom_chain():
   """A bridged chain (global-norm clipping, EMA denominator, momentum) under a Keras schedule."""
-  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from expectigrad import transforms  # pylint: disable=import-outside-toplevel
@@ -256,18 +255,11 @@ def learning_rate_schedule_and_custom_chain():
   schedule = keras.optimizers.schedules.PiecewiseConstantDecay([20, 40], [0.1, 0.05, 0.025])
   actual = run(bridge.Optimizer(chain, learning_rate=schedule), lambda x, t: gradients[t - 1],
                np.ones(3), steps)
-  with jax.enable_x64(True):
-    # Keras's schedules are float32 (whatever the variables' dtype): JAX gets the same values.
-    rates = jnp.asarray([float(to_numpy(schedule(t))) for t in range(steps)], jnp.float64)
-    reference_chain = chain(lambda count: rates[count])
-    x = jnp.ones(3, jnp.float64)
-    state = reference_chain.init(x)
-    expected = [np.asarray(x)]
-    for g in gradients:
-      updates, state = reference_chain.update(jnp.asarray(g), state, x)
-      x = optax.apply_updates(x, updates)
-      expected.append(np.asarray(x))
-  assert_matches(actual, np.stack(expected))
+  # Keras's schedules are float32 (whatever the variables' dtype): JAX gets the same values.
+  rates = np.array([float(to_numpy(schedule(t))) for t in range(steps)])
+  expected = optax_runs.trajectory(chain(lambda count: jnp.asarray(rates)[count]), np.ones(3),
+                                  gradients)
+  assert_matches(actual, expected)
 
 
 @check()

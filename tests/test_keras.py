@@ -17,7 +17,7 @@ import optax  # noqa: E402
 from expectigrad import transforms  # noqa: E402
 from expectigrad.bridges import keras as keras_bridge  # noqa: E402
 from expectigrad.tensorflow2 import Expectigrad  # noqa: E402
-from tests import reference  # noqa: E402
+from tests import optax_runs, reference  # noqa: E402
 
 HYPER = dict(lr=reference.QUADRATIC_LR, eps=reference.QUADRATIC_EPS)
 MODES = {
@@ -65,19 +65,12 @@ def test_custom_chain_with_schedule_matches_jax(x64):
   gradients = [rng.normal(size=3) * 2.0 for _ in range(steps)]
   schedule = keras.optimizers.schedules.PiecewiseConstantDecay([20, 40], [0.1, 0.05, 0.025])
   # Keras's schedules are float32 (whatever the variables' dtype): JAX gets the same values.
-  rates = jnp.asarray([float(schedule(t)) for t in range(steps)], jnp.float64)
+  rates = np.array([float(schedule(t)) for t in range(steps)])
   opt = keras_bridge.Optimizer(_custom_chain, learning_rate=schedule)
   actual = _run(opt, lambda x, t: gradients[t - 1], np.ones(3), steps, 'jit_compile')
-
-  chain = _custom_chain(lambda count: rates[count])
-  x = jnp.ones(3, jnp.float64)
-  state = chain.init(x)
-  expected = [np.asarray(x)]
-  for g in gradients:
-    updates, state = chain.update(jnp.asarray(g), state, x)
-    x = optax.apply_updates(x, updates)
-    expected.append(np.asarray(x))
-  assert reference.max_relative_error(actual, np.stack(expected)) < 1e-10
+  expected = optax_runs.trajectory(_custom_chain(lambda count: jnp.asarray(rates)[count]),
+                                  np.ones(3), gradients)
+  assert reference.max_relative_error(actual, expected) < 1e-10
 
 
 def _clip_norm(g, norm):
