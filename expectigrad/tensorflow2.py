@@ -66,24 +66,46 @@ class Expectigrad(keras_bridge.Optimizer):
     factory = raveled_layout(hyperparameters.checked_factory('keras', values, schedules=True))
     # Plain floats: Keras takes a float learning rate, and get_config must serialise.
     values = hyperparameters.as_floats({**values, 'decay': decay})
-    super().__init__(factory, learning_rate=values['learning_rate'], name=name, **kwargs)
+    # The 2020 package's decay, as a schedule over the learning rate (Keras's
+    # public API): Keras's weight decay then sees the decayed rate too, as it did.
+    learning_rate = values['learning_rate']
+    if values['decay']:
+      learning_rate = _InverseTimeDecay(learning_rate, values['decay'])
+    super().__init__(factory, learning_rate=learning_rate, name=name, **kwargs)
+    self._undecayed_learning_rate = values['learning_rate']
     self.beta = values['beta']
     self.epsilon = values['epsilon']
     self.sparse_counter = sparse_counter
     self.decay = values['decay']
 
-  def _get_current_learning_rate(self):
-    learning_rate = super()._get_current_learning_rate()
-    if not self.decay:
-      return learning_rate
-    # iterations counts completed steps: the first step uses the undecayed rate.
-    iterations = ops.cast(self.iterations, 'float32')
-    return ops.cast(learning_rate, 'float32') / (1.0 + self.decay * iterations)
-
   def get_config(self) -> dict[str, Any]:
     """The constructor arguments: ``Expectigrad.from_config(config)`` rebuilds it."""
     config = super().get_config()
-    config.update(
-        beta=self.beta, epsilon=self.epsilon, sparse_counter=self.sparse_counter, decay=self.decay
-    )
+    learning_rate = self._undecayed_learning_rate
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+      learning_rate = keras.optimizers.schedules.serialize(learning_rate)
+    config.update(learning_rate=learning_rate, beta=self.beta, epsilon=self.epsilon,
+                  sparse_counter=self.sparse_counter, decay=self.decay)
     return config
+
+
+class _InverseTimeDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """``learning_rate / (1 + decay * step)`` over a number, a schedule or a callable.
+
+  ``step`` counts completed steps, so the first step uses the undecayed rate.
+  Never serialised: :meth:`Expectigrad.get_config` gives the undecayed rate and ``decay``.
+  """
+
+  def __init__(self, learning_rate: Any, decay: float):
+    self.learning_rate, self.decay = learning_rate, decay
+
+  def __call__(self, step):
+    learning_rate = self.learning_rate
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+      learning_rate = learning_rate(step)
+    elif callable(learning_rate):
+      learning_rate = learning_rate()
+    return ops.cast(learning_rate, 'float32') / (1.0 + self.decay * ops.cast(step, 'float32'))
+
+  def get_config(self) -> dict[str, Any]:
+    return {'learning_rate': self.learning_rate, 'decay': self.decay}
