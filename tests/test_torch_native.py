@@ -683,6 +683,51 @@ def test_conv_state_layout_and_optax_state_match_jax(kind):
                              rtol=0 if kind == 'jax' else 1e-6, atol=0 if kind == 'jax' else 1e-7)
 
 
+
+@pytest.mark.parametrize('kind', list(OPTIMIZERS))
+def test_step_counts_are_one_tensor_per_cohort_and_split_when_steps_differ(kind):
+  """Parameters that step together hold one step-count tensor; each keeps its own count.
+
+  When one parameter misses a step, its counts stay behind while the
+  others' advance; after load_state_dict (a tensor per parameter) the
+  counts continue from the loaded values, shared again per cohort.
+  """
+  def counts(opt, params):
+    return {name: [opt.state[p][name].item() for p in params]
+            for name, value in opt.state[params[0]].items() if value.ndim == 0}
+
+  def assert_shared(opt, cohort):
+    for name, value in opt.state[cohort[0]].items():
+      if value.ndim == 0:
+        assert all(opt.state[p][name] is value for p in cohort), name
+
+  model = _mlp()
+  params = list(model.parameters())
+  opt = OPTIMIZERS[kind](params)
+  _train(model, opt, _inputs(2))
+  assert counts(opt, params) and set(map(tuple, counts(opt, params).values())) == {(2, 2, 2, 2)}
+  assert_shared(opt, params)
+
+  _backward(model, _inputs(1, seed=5)[0])
+  params[-1].grad = None
+  opt.step()
+  assert set(map(tuple, counts(opt, params).values())) == {(3, 3, 3, 2)}
+  saved = copy.deepcopy(opt.state_dict())
+  _train(model, opt, _inputs(2, seed=6))
+  assert set(map(tuple, counts(opt, params).values())) == {(5, 5, 5, 4)}
+  assert_shared(opt, params[:3])
+  assert all(opt.state[params[-1]][name] is not opt.state[params[0]][name]
+             for name in counts(opt, params))
+
+  resumed_model = _mlp(seed=1)
+  resumed = list(resumed_model.parameters())
+  resumed_opt = OPTIMIZERS[kind](resumed)
+  resumed_opt.load_state_dict(saved)
+  _train(resumed_model, resumed_opt, _inputs(2, seed=6))
+  assert counts(resumed_opt, resumed) == counts(opt, params)
+  assert_shared(resumed_opt, resumed[:3])
+
+
 # -- 12. fake CUDA tensors ------------------------------------------------------------------
 
 

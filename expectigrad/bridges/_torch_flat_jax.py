@@ -150,10 +150,13 @@ class FlatChain:
     views: list[dict[str, torch.Tensor]] = [{} for _ in params]
     for leaf, value in zip(self.leaves, jax.tree.leaves(state)):
       tensor = torch.from_dlpack(value)
-      pieces = tensor.split(sizes) if leaf.owner is not None else [tensor] * len(params)
-      for i, (p, piece) in enumerate(zip(params, pieces)):
-        tree_leaf = self._tree_leaf[leaf.name, None if leaf.owner is None else i]
-        views[i][leaf.name] = piece.view(_torch_chain.storage_shape(tree_leaf, p))
+      if leaf.owner is None:  # one tensor, held by every parameter (as the torch path does)
+        shared = tensor.view(self._tree_leaf[leaf.name, None].shape)
+        for view in views:
+          view[leaf.name] = shared
+        continue
+      for i, (p, piece) in enumerate(zip(params, tensor.split(sizes))):
+        views[i][leaf.name] = piece.view(_torch_chain.storage_shape(self._tree_leaf[leaf.name, i], p))
     return views
 
   def run(self, hyper: dict, grads: torch.Tensor, spare: Any, state: Any,
