@@ -683,7 +683,6 @@ def test_conv_state_layout_and_optax_state_match_jax(kind):
                              rtol=0 if kind == 'jax' else 1e-6, atol=0 if kind == 'jax' else 1e-7)
 
 
-
 @pytest.mark.parametrize('kind', list(OPTIMIZERS))
 def test_step_counts_are_one_tensor_per_cohort_and_split_when_steps_differ(kind):
   """Parameters that step together hold one step-count tensor; each keeps its own count.

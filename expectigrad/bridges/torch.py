@@ -339,8 +339,8 @@ class Optimizer(torch.optim.Optimizer):
     """Makes a cohort's members hold one tensor per shared leaf (its step counts).
 
     One tensor, read and written once per step, rather than a copy per
-    parameter: on ResNet-18's 62 tensors the copies took a third of
-    Inductor's compile time. ``load_state_dict`` and cohort splits give each
+    parameter: on ResNet-18's 62 tensors the copies took a fifth of
+    Inductor's compile time (49 -> 40 s) and 13% of the compiled step. ``load_state_dict`` and cohort splits give each
     parameter its own tensor; the first member's value is the cohort's.
     """
     for leaf in chain.state:
