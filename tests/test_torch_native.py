@@ -471,6 +471,32 @@ def test_internal_compile_option_matches_eager():
   assert opt.state[model[0].weight]['0.count'].item() == 5
 
 
+def test_internal_compile_follows_new_layouts_and_repeated_tensors():
+  """compile=True stays right when gradient strides change or two hyperparameters are one tensor.
+
+  The internal compile has no Dynamo guards; a new layout of its arguments
+  (strides, one tensor passed twice, which Inductor merges) compiles again.
+  """
+  model, eager_model = _mlp(), _mlp()
+  opt = Optimizer(model.parameters(), expectigrad.expectigrad, compile=True, lr=LR)
+  eager_opt = Optimizer(eager_model.parameters(), expectigrad.expectigrad, executor='torch',
+                        lr=LR)
+  shared = torch.tensor(0.5)
+  edits = [None, 'transposed grads', 'lr and beta one tensor', 'lr and beta apart']
+  for edit, x in zip(edits, _inputs(len(edits))):
+    for m, o in ((model, opt), (eager_model, eager_opt)):
+      _backward(m, x)
+      if edit == 'transposed grads':
+        weight = m[0].weight
+        weight.grad = weight.grad.t().contiguous().t()   # same values, column-major strides
+      if edit == 'lr and beta one tensor':
+        o.param_groups[0].update(lr=shared, beta=shared)
+      if edit == 'lr and beta apart':
+        o.param_groups[0].update(lr=torch.tensor(0.5), beta=torch.tensor(0.9))
+      o.step()
+    _assert_close(model, eager_model, rtol=1e-6, atol=1e-7)
+
+
 # -- 6. lr = 0 -----------------------------------------------------------------------------
 
 

@@ -85,6 +85,8 @@ class LoweredChain:
     device: the parameters' device (constants are placed there).
 
   Attributes:
+    n_params: the number of parameters.
+    hyper_names: the traced hyperparameters' names, in the programs' order.
     state: one :class:`StateLeaf` per state leaf, in the programs' order.
     needs_params: whether ``update`` reads the parameters.
     unsupported: primitives of ``update`` the lowering lacks.
@@ -93,6 +95,7 @@ class LoweredChain:
   def __init__(self, make: MakeTransform, hyper_names: Sequence[str],
                shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device):
     self.n_params = len(shapes)
+    self.hyper_names = tuple(hyper_names)
     self.hyper_dtype = hyper_dtype(dtype)
     with x64_scope(dtype):
       hyper = {k: jax.ShapeDtypeStruct((), jax_dtype(self.hyper_dtype)) for k in hyper_names}

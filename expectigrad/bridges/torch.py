@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _torch_chain, _torch_flat_jax
+from expectigrad.bridges import _inductor, _torch_chain, _torch_flat_jax
 from expectigrad.bridges._torch_chain import LoweredChain
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
@@ -91,7 +91,7 @@ class Optimizer(torch.optim.Optimizer):
 
   - ``'torch'``: the lowered program, eagerly, each primitive one
     ``torch._foreach_*`` call over the group's tensors; under
-    ``torch.compile`` (the user's, or ``compile=True``) Inductor fuses it.
+    ``torch.compile`` (the user's) or with ``compile=True``, Inductor fuses it.
   - ``'jax'``: the traced update on the JAX runtime, tensors crossing
     through dlpack (also used, with a warning, for a chain whose program has
     a primitive the lowering lacks).
@@ -102,8 +102,9 @@ class Optimizer(torch.optim.Optimizer):
     params: parameters or param-group dicts, as for any torch optimizer.
     transform: an ``optax.GradientTransformation`` or a factory returning one.
     executor: ``'auto'``, ``'torch'`` or ``'jax'``.
-    compile: run the lowered step under ``torch.compile(fullgraph=True)``,
-      compiled on first use per parameter set.
+    compile: run the lowered step compiled by Inductor, compiled on first
+      use per parameter set (traced once with ``make_fx``, without Dynamo's
+      per-call guards; see :mod:`._inductor`).
     **defaults: hyperparameters for the factory (torch names, e.g. ``lr``),
       and ``maximize``.
 
@@ -150,7 +151,7 @@ class Optimizer(torch.optim.Optimizer):
     self._lowered: dict[tuple, LoweredChain] = {}
     self._flat_chains: dict[tuple, _torch_flat_jax.FlatChain] = {}
     self._flat_cohorts: dict[tuple, _torch_flat_jax.Cohort] = {}
-    self._compiled_steps: dict[tuple, Callable] = {}
+    self._compiled_steps: dict[int, _inductor.CompiledInPlace] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
     self._warned: set[str] = set()
@@ -418,18 +419,12 @@ class Optimizer(torch.optim.Optimizer):
         self._flat_cohort(flat, params).step(self.state, traced, grads)
         return
     self._share(chain, params)
-    state_in, targets = [], []
-    for leaf in chain.state:
-      owner = self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
-      state_in.append(owner.view(leaf.shape))
-      targets.append(owner)
-    args = [*hyper, *grads, *state_in, *(arrays if chain.needs_params else [])]
-    if in_jax:
-      _write_back(arrays, targets, chain.run_in_jax(args))
-    elif self._compile and not torch.compiler.is_compiling():
-      self._compiled(chain)(arrays, targets, args)
+    targets = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
+               for leaf in chain.state]
+    if self._compile and not in_jax and not torch.compiler.is_compiling():
+      self._compiled(chain)(*arrays, *targets, *hyper, *grads)
     else:
-      _write_back(arrays, targets, chain.update(*args))
+      _run(chain, arrays, targets, hyper, grads, in_jax=in_jax)
 
   def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
                    ) -> _torch_flat_jax.Cohort:
@@ -467,12 +462,18 @@ class Optimizer(torch.optim.Optimizer):
       return chain.device.type == 'cpu' and CPU_DEFAULT == 'jax' and not self._compile
     return self._executor == 'jax'
 
-  def _compiled(self, chain: LoweredChain) -> Callable:
+  def _compiled(self, chain: LoweredChain) -> _inductor.CompiledInPlace:
+    """The lowered step compiled by Inductor (``compile=True``), from flat arguments.
+
+    The arguments are ``(*params, *state targets, *hyperparameters, *grads)``.
+    """
     key = id(chain)
     if key not in self._compiled_steps:
-      def run(params, targets, args):
-        _write_back(params, targets, chain.update(*args))
-      self._compiled_steps[key] = torch.compile(run, fullgraph=True, dynamic=False)
+      n, m, k = chain.n_params, len(chain.state), len(chain.hyper_names)
+      def run(*flat: torch.Tensor) -> None:
+        params, targets = flat[:n], flat[n:n + m]
+        _run(chain, params, targets, flat[n + m:n + m + k], flat[n + m + k:], in_jax=False)
+      self._compiled_steps[key] = _inductor.CompiledInPlace(run)
     return self._compiled_steps[key]
 
   # -- state dicts ---------------------------------------------------------------------
@@ -580,6 +581,23 @@ def _by_kind(positions: Sequence[int], params: Sequence[torch.Tensor]) -> dict[t
   for i in positions:
     kinds.setdefault((params[i].device, params[i].dtype), []).append(i)
   return kinds
+
+
+def _run(chain: LoweredChain, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+         hyper: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *, in_jax: bool) -> None:
+  """One step of a cohort: the lowered update (or the JAX runtime), written in place.
+
+  Args:
+    chain: the lowered chain of these parameters.
+    params: the parameters as the chain sees them (see :func:`_as_real`).
+    targets: the state tensors, one per leaf of ``chain.state``.
+    hyper: the traced hyperparameters, 0-d tensors in ``chain``'s order.
+    grads: the gradients, in the parameters' order.
+    in_jax: run the traced update on the JAX runtime instead.
+  """
+  state_in = [t.view(leaf.shape) for t, leaf in zip(targets, chain.state)]
+  args = [*hyper, *grads, *state_in, *(params if chain.needs_params else [])]
+  _write_back(params, targets, chain.run_in_jax(args) if in_jax else chain.update(*args))
 
 
 def _write_back(params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
