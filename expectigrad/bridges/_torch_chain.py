@@ -23,7 +23,7 @@ import optax
 import torch
 
 from expectigrad import jax2torch
-from expectigrad.bridges import _conventions
+from expectigrad.bridges import _conventions, _inductor
 
 MakeTransform = Callable[[dict], optax.GradientTransformation]
 
@@ -85,6 +85,9 @@ class LoweredChain:
     device: the parameters' device (constants are placed there).
 
   Attributes:
+    compiled_step: :meth:`step` compiled by Inductor on its first run, from
+      flat arguments ``(*params, *targets, *hyper, *grads)``; one opaque op
+      inside a caller's ``torch.compile`` (see :mod:`._inductor`).
     n_params: the number of parameters.
     hyper_names: the traced hyperparameters' names, in the programs' order.
     state: one :class:`StateLeaf` per state leaf, in the programs' order.
@@ -119,6 +122,34 @@ class LoweredChain:
     self.update.place(device)
     self.state = describe_state(state, self.n_params)
     self.unsupported = self.init.unsupported | self.update.unsupported
+    n, m = self.n_params, len(self.state)
+    self.compiled_step = _inductor.CompiledInPlace(
+        lambda *flat: self.step(flat[:n], flat[n:n + m], flat[n + m:n + m + len(hyper_names)],
+                                flat[n + m + len(hyper_names):]),
+        n_written=n + m)
+
+  def step(self, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+           hyper: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *,
+           in_jax: bool = False) -> None:
+    """One step, in place: the lowered update (or the JAX runtime), written back.
+
+    Args:
+      params: the parameters, updated in place.
+      targets: the state tensors, one per leaf of :attr:`state` (any shape
+        of the leaf's size), overwritten with the new state.
+      hyper: the traced hyperparameters, 0-d tensors in :attr:`hyper_names` order.
+      grads: the gradients, in the parameters' order.
+      in_jax: run the traced update on the JAX runtime (:meth:`run_in_jax`).
+    """
+    state_in = [t.view(leaf.shape) for t, leaf in zip(targets, self.state)]
+    args = [*hyper, *grads, *state_in, *(params if self.needs_params else [])]
+    outputs = self.run_in_jax(args) if in_jax else self.update(*args)
+    updates, new_state = outputs[:len(params)], outputs[len(params):]
+    torch._foreach_add_(list(params), list(updates))
+    sources = [value.reshape(dst.shape) if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+               for dst, value in zip(targets, new_state)]
+    if sources:
+      torch._foreach_copy_(list(targets), sources)
 
   def run_in_jax(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Runs the traced update on the JAX runtime: flat torch args in, flat torch results out.

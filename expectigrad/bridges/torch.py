@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _inductor, _torch_chain, _torch_flat_jax
+from expectigrad.bridges import _torch_chain, _torch_flat_jax
 from expectigrad.bridges._torch_chain import LoweredChain
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
@@ -151,7 +151,6 @@ class Optimizer(torch.optim.Optimizer):
     self._lowered: dict[tuple, LoweredChain] = {}
     self._flat_chains: dict[tuple, _torch_flat_jax.FlatChain] = {}
     self._flat_cohorts: dict[tuple, _torch_flat_jax.Cohort] = {}
-    self._compiled_steps: dict[int, _inductor.CompiledInPlace] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
     self._warned: set[str] = set()
@@ -222,7 +221,7 @@ class Optimizer(torch.optim.Optimizer):
     know their hyperparameters check them here in plain Python, which also
     runs inside ``torch.compile``.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
       return
     try:
       key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
@@ -250,7 +249,7 @@ class Optimizer(torch.optim.Optimizer):
     """
     if isinstance(value, torch.Tensor):
       return value.to(device=device, dtype=dtype)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
       return torch.full((), float(value), dtype=dtype, device=device)
     key = (name, device, dtype)
     cached = self._hyper_tensors.get(key)
@@ -279,7 +278,7 @@ class Optimizer(torch.optim.Optimizer):
     shapes = tuple(tuple(p.shape) for p in params)
     key = (hyper_names, static, params[0].dtype, params[0].device, shapes)
     if key not in self._lowered:
-      if torch.compiler.is_compiling():
+      if torch.compiler.is_dynamo_compiling():
         raise RuntimeError(
             'this set of parameters has not been lowered yet, and JAX cannot run inside '
             'torch.compile: run one optimizer step eagerly first (parameters without a '
@@ -391,40 +390,70 @@ class Optimizer(torch.optim.Optimizer):
       with torch.enable_grad():
         loss = closure()
     plans = [self._hyperparameters(i) for i in range(len(self.param_groups))]
+    for index in range(len(self.param_groups)):
+      self._init_group(index)
     for index, (traced, static) in enumerate(plans):
-      group = self.param_groups[index]
-      stepping = [i for i, p in enumerate(group['params']) if p.grad is not None]
-      for positions in _by_kind(stepping, group['params']).values():
-        for cohort in self._cohorts_of(index, positions):
-          self._step_cohort([group['params'][i] for i in cohort], traced, static,
-                            group['maximize'])
+      for params in self._stepping_cohorts(index):
+        self._step_cohort(params, traced, static, self.param_groups[index]['maximize'])
     return loss
 
-  def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,
-                   maximize: bool) -> None:
+  def _init_group(self, group_index: int) -> None:
+    """Lowers the chain for each cohort about to step, and creates missing state.
+
+    Named as in ``torch.optim``: under ``torch.compile``, Dynamo runs
+    ``_init_group`` eagerly instead of tracing it (as for ``torch.optim.Adam``),
+    so a compiled step neither compiles the creation of the state (W2: 310
+    tensors) nor recompiles once it exists, and a new set of parameters with
+    gradients is lowered (JAX cannot run inside ``torch.compile``).
+    """
+    traced, static = self._hyperparameters(group_index)
+    for params in self._stepping_cohorts(group_index):
+      chain, arrays, hyper = self._inputs(params, traced, static)
+      if not self.state[params[0]]:
+        self._init_state(chain, hyper, params, arrays)
+
+  def _stepping_cohorts(self, group_index: int) -> list[list[torch.Tensor]]:
+    """The group's parameters with a gradient, per device, dtype and cohort."""
+    group = self.param_groups[group_index]['params']
+    stepping = [i for i, p in enumerate(group) if p.grad is not None]
+    return [[group[i] for i in cohort]
+            for positions in _by_kind(stepping, group).values()
+            for cohort in self._cohorts_of(group_index, positions)]
+
+  def _inputs(self, params: list[torch.Tensor], traced: dict, static: tuple
+              ) -> tuple[LoweredChain, list[torch.Tensor], list[torch.Tensor]]:
+    """A cohort's lowered chain, parameters as the chain sees them, and hyperparameter tensors."""
     names = tuple(sorted(traced))
     arrays = [_as_real(p) for p in params]
     chain = self._chain(names, static, arrays)
-    device = params[0].device
-    hyper = [self._hyper_tensor(k, traced[k], device, chain.hyper_dtype) for k in names]
-    if not self.state[params[0]]:
-      self._init_state(chain, hyper, params, arrays)
+    hyper = [self._hyper_tensor(k, traced[k], params[0].device, chain.hyper_dtype)
+             for k in names]
+    return chain, arrays, hyper
+
+  def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,
+                   maximize: bool) -> None:
+    chain, arrays, hyper = self._inputs(params, traced, static)
     grads = [_as_real(p.grad.to_dense() if p.grad.is_sparse else p.grad) for p in params]
     if maximize:
       grads = torch._foreach_neg(grads)
     in_jax = self._runs_in_jax(chain)
     if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
-      flat = self._flat_chain(chain, names, static, params)
+      flat = self._flat_chain(chain, tuple(sorted(traced)), static, params)
       if flat.usable:
         self._flat_cohort(flat, params).step(self.state, traced, grads)
         return
     self._share(chain, params)
     targets = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
                for leaf in chain.state]
-    if self._compile and not in_jax and not torch.compiler.is_compiling():
-      self._compiled(chain)(*arrays, *targets, *hyper, *grads)
+    # Inside a caller's torch.compile the step is one opaque op, compiled on
+    # its own (see _inductor), except for complex parameters: Inductor cannot
+    # functionalize an op writing into a view of a complex graph input, so
+    # the caller's compile traces their step.
+    opaque = torch.compiler.is_dynamo_compiling() and not params[0].is_complex()
+    if not in_jax and (self._compile or opaque):
+      chain.compiled_step(*arrays, *targets, *hyper, *grads)
     else:
-      _run(chain, arrays, targets, hyper, grads, in_jax=in_jax)
+      chain.step(arrays, targets, hyper, grads, in_jax=in_jax)
 
   def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
                    ) -> _torch_flat_jax.Cohort:
@@ -445,7 +474,7 @@ class Optimizer(torch.optim.Optimizer):
 
   def _runs_in_jax(self, chain: LoweredChain) -> bool:
     """Whether this step runs on the JAX runtime (see the class docstring)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
       if chain.unsupported:
         raise NotImplementedError(
             f'this chain uses {sorted(chain.unsupported)}, which the torch lowering lacks; '
@@ -461,20 +490,6 @@ class Optimizer(torch.optim.Optimizer):
     if self._executor == 'auto':
       return chain.device.type == 'cpu' and CPU_DEFAULT == 'jax' and not self._compile
     return self._executor == 'jax'
-
-  def _compiled(self, chain: LoweredChain) -> _inductor.CompiledInPlace:
-    """The lowered step compiled by Inductor (``compile=True``), from flat arguments.
-
-    The arguments are ``(*params, *state targets, *hyperparameters, *grads)``.
-    """
-    key = id(chain)
-    if key not in self._compiled_steps:
-      n, m, k = chain.n_params, len(chain.state), len(chain.hyper_names)
-      def run(*flat: torch.Tensor) -> None:
-        params, targets = flat[:n], flat[n:n + m]
-        _run(chain, params, targets, flat[n + m:n + m + k], flat[n + m + k:], in_jax=False)
-      self._compiled_steps[key] = _inductor.CompiledInPlace(run)
-    return self._compiled_steps[key]
 
   # -- state dicts ---------------------------------------------------------------------
 
@@ -581,34 +596,6 @@ def _by_kind(positions: Sequence[int], params: Sequence[torch.Tensor]) -> dict[t
   for i in positions:
     kinds.setdefault((params[i].device, params[i].dtype), []).append(i)
   return kinds
-
-
-def _run(chain: LoweredChain, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-         hyper: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *, in_jax: bool) -> None:
-  """One step of a cohort: the lowered update (or the JAX runtime), written in place.
-
-  Args:
-    chain: the lowered chain of these parameters.
-    params: the parameters as the chain sees them (see :func:`_as_real`).
-    targets: the state tensors, one per leaf of ``chain.state``.
-    hyper: the traced hyperparameters, 0-d tensors in ``chain``'s order.
-    grads: the gradients, in the parameters' order.
-    in_jax: run the traced update on the JAX runtime instead.
-  """
-  state_in = [t.view(leaf.shape) for t, leaf in zip(targets, chain.state)]
-  args = [*hyper, *grads, *state_in, *(params if chain.needs_params else [])]
-  _write_back(params, targets, chain.run_in_jax(args) if in_jax else chain.update(*args))
-
-
-def _write_back(params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-                outputs: Sequence[torch.Tensor]) -> None:
-  """Adds the updates to the parameters and copies the new state into place."""
-  updates, new_state = outputs[:len(params)], outputs[len(params):]
-  torch._foreach_add_(list(params), list(updates))
-  sources = [value.reshape(dst.shape) if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-             for dst, value in zip(targets, new_state)]
-  if sources:
-    torch._foreach_copy_(list(targets), sources)
 
 
 def _check_param_state(saved_id: Any, tensors: Any, expected: Mapping[str, tuple]) -> None:
