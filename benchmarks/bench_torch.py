@@ -16,15 +16,15 @@ the same fixed gradients:
   and ``torch.compile(opt.step)`` of a ``foreach=True`` Adam;
 * a per-parameter Python loop, as the 2020 ``expectigrad`` package did.
 
-First the two compiled implementations take their first steps, one after the
+First the compiled implementations take their first steps, one after the
 other, and the wall time of each (the first step compiles) is printed. Unless
 ``TORCHINDUCTOR_CACHE_DIR`` is set, Inductor is pointed at a fresh temporary
-cache directory, so these are cold compiles; a trivial function is compiled
-before them, so the one-time cost of loading the compiler (printed too) is
-charged to neither. Then all implementations are warmed up (2 steps) and
+cache directory before each, so these are cold compiles; a trivial function
+is compiled before them, so the one-time cost of loading the compiler
+(printed too) is charged to none of them. Then all implementations are warmed up (2 steps) and
 timed interleaved, round by round; ratios are taken against
 ``torch.optim.Adam(foreach=True)`` and against Expectigrad's memory-bandwidth
-lower bound measured in this run, and the compiled Expectigrad is also
+lower bound measured in this run, and the compiled Expectigrads are also
 compared with the compiled Adam. A step that fails is reported with its
 traceback and left out of the table.
 
@@ -189,6 +189,8 @@ def _time_first_steps(steps: dict[str, Callable[[], Any]], workload: str
   for name in COMPILED:
     if name not in steps:
       continue
+    if _OWN_CACHE_DIRS:   # each cold: the compiled Expectigrads build the same inner graph
+      _use_fresh_inductor_cache()
     try:
       times = []
       for _ in range(2):

@@ -517,6 +517,18 @@ def test_internal_compile_option_matches_eager():
   assert opt.state[model[0].weight]['0.count'].item() == 5
 
 
+def test_internal_compile_is_kept_in_inductors_cache():
+  """A second optimizer over the same shapes loads its compiled step from Inductor's FX cache."""
+  from torch._dynamo.utils import counters  # pylint: disable=import-outside-toplevel
+  counters.clear()
+  for _ in range(2):
+    model = _mlp()
+    _train(model, Optimizer(model.parameters(), expectigrad.expectigrad, compile=True, lr=LR),
+           _inputs(1))
+  assert counters['inductor']['fxgraph_cache_bypass'] == 0, dict(counters['inductor'])
+  assert counters['inductor']['fxgraph_cache_hit'] >= 1, dict(counters['inductor'])
+
+
 def test_internal_compile_follows_new_layouts_and_repeated_tensors():
   """compile=True stays right when gradient strides change or two hyperparameters are one tensor.
 

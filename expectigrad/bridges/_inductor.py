@@ -5,9 +5,10 @@ it. The step is the lowered program's interpreter: a few thousand Python
 calls on ResNet-18's 62 tensors. Dynamo traced them bytecode by bytecode
 and then guarded every call; ``make_fx`` runs them once on fake tensors and
 hands Inductor the same aten graph. Measured on the 2-core CPU, W2 (first
-step cold / step): ``torch.compile`` 29.3 s / 15.2 ms, this 15.9 s / 13.9 ms
-(a script in benchmarks.bench_torch's setting; docs/performance.md has the
-benchmark's figures).
+step cold / step): ``torch.compile`` 29.3 s / 15.2 ms, this 13.3 s / 13.2 ms,
+and 1.2 s from Inductor's cache in a second process (a script in
+benchmarks.bench_torch's setting; docs/performance.md has the benchmark's
+figures).
 
 Without Dynamo there are no guards, so :class:`CompiledInPlace` checks what
 they would: it compiles once per layout of its arguments (strides, and which
@@ -27,7 +28,9 @@ import weakref
 from typing import Callable, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 # key -> live CompiledInPlace, for the custom op (its arguments are tensors and ints).
 _REGISTRY: weakref.WeakValueDictionary[int, CompiledInPlace] = weakref.WeakValueDictionary()
@@ -85,6 +88,10 @@ class CompiledInPlace:
     if compiled is None:
       # Fake tensors: tracing must not run the in-place step a first time.
       # Constants the function closes over are real tensors, hence allowed.
-      graph = make_fx(self._fn, tracing_mode='fake', _allow_non_fake_inputs=True)(*inputs)
-      compiled = self._compiled[key] = torch._inductor.compile(graph, list(inputs))
+      # A shape environment (static shapes all the same) is what lets
+      # Inductor's FX graph cache keep the program for the next process.
+      mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+      fakes = [mode.from_tensor(t, static_shapes=True) for t in inputs]
+      graph = make_fx(self._fn, tracing_mode='fake', _allow_non_fake_inputs=True)(*fakes)
+      compiled = self._compiled[key] = torch._inductor.compile(graph, fakes)
     compiled(*inputs)
