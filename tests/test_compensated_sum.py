@@ -71,21 +71,25 @@ def test_compensated_chain_matches_the_reference(beta, sparse_counter):
 _COMPENSATED = functools.partial(expectigrad.expectigrad, compensated_sum=True)
 
 
-@pytest.mark.parametrize('executor,compile', [('torch', False), ('jax', False), ('torch', True)],
-                         ids=['lowered', 'jax-executor', 'compiled'])
+@pytest.mark.parametrize('executor,compile', [('torch', False), ('jax', False), ('torch', True),
+                                              ('torch', 'torch.compile')],
+                         ids=['lowered', 'jax-executor', 'compiled', 'torch.compile'])
 def test_torch_bridge_sum_is_exact(executor, compile):
+  """Exact in every torch path: compiled, the sum must not be simplified or reordered away."""
   torch = pytest.importorskip('torch')
   from expectigrad.bridges import torch as torch_bridge  # pylint: disable=import-outside-toplevel
   p = torch.zeros(3, requires_grad=True)
-  opt = torch_bridge.Optimizer([p], _COMPENSATED, lr=1e-3, executor=executor, compile=compile)
+  opt = torch_bridge.Optimizer([p], _COMPENSATED, lr=1e-3, executor=executor,
+                               compile=compile is True)
+  step = torch.compile(opt.step, fullgraph=True) if compile == 'torch.compile' else opt.step
   p.grad = torch.zeros(3)
-  opt.step()  # creates the state; a zero gradient adds nothing
+  step()  # creates the state; a zero gradient adds nothing
   (name,) = [k for k in opt.state[p] if k.endswith('sum_of_squares')]
   assert any(k.endswith('compensation') for k in opt.state[p])
   opt.state[p][name].fill_(START)
   for _ in range(STEPS):
     p.grad = torch.ones(3)
-    opt.step()
+    step()
   np.testing.assert_array_equal(opt.state[p][name].numpy(), START + STEPS)
 
 

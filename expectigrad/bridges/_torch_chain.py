@@ -125,12 +125,12 @@ class LoweredChain:
     n, m = self.n_params, len(self.state)
     self.compiled_step = _inductor.CompiledInPlace(
         lambda *flat: self.step(flat[:n], flat[n:n + m], flat[n + m:n + m + len(hyper_names)],
-                                flat[n + m + len(hyper_names):]),
+                                flat[n + m + len(hyper_names):], foreach=False),
         n_written=n + m)
 
   def step(self, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
            hyper: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *,
-           in_jax: bool = False) -> None:
+           in_jax: bool = False, foreach: bool = True) -> None:
     """One step, in place: the lowered update (or the JAX runtime), written back.
 
     Args:
@@ -140,16 +140,26 @@ class LoweredChain:
       hyper: the traced hyperparameters, 0-d tensors in :attr:`hyper_names` order.
       grads: the gradients, in the parameters' order.
       in_jax: run the traced update on the JAX runtime (:meth:`run_in_jax`).
+      foreach: write the results with one ``torch._foreach_*`` call each
+        (eager), or tensor by tensor (for a compiler: Inductor's lowering
+        of ``_foreach_copy_`` in torch 2.13 can read a tensor it has already
+        overwritten; a compensated sum then came out wrong).
     """
     state_in = [t.view(leaf.shape) for t, leaf in zip(targets, self.state)]
     args = [*hyper, *grads, *state_in, *(params if self.needs_params else [])]
     outputs = self.run_in_jax(args) if in_jax else self.update(*args)
-    updates, new_state = outputs[:len(params)], outputs[len(params):]
-    torch._foreach_add_(list(params), list(updates))
+    updates, new_state = list(outputs[:len(params)]), outputs[len(params):]
     sources = [value.reshape(dst.shape) if isinstance(value, torch.Tensor) else torch.as_tensor(value)
                for dst, value in zip(targets, new_state)]
-    if sources:
-      torch._foreach_copy_(list(targets), sources)
+    if foreach:
+      torch._foreach_add_(list(params), updates)
+      if sources:
+        torch._foreach_copy_(list(targets), sources)
+      return
+    for param, update in zip(params, updates):
+      param.add_(update)
+    for target, source in zip(targets, sources):
+      target.copy_(source)
 
   def run_in_jax(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Runs the traced update on the JAX runtime: flat torch args in, flat torch results out.

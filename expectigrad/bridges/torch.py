@@ -453,7 +453,8 @@ class Optimizer(torch.optim.Optimizer):
     if not in_jax and (self._compile or opaque):
       chain.compiled_step(*arrays, *targets, *hyper, *grads)
     else:
-      chain.step(arrays, targets, hyper, grads, in_jax=in_jax)
+      chain.step(arrays, targets, hyper, grads, in_jax=in_jax,
+                 foreach=not torch.compiler.is_dynamo_compiling())
 
   def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
                    ) -> _torch_flat_jax.Cohort:
