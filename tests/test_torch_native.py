@@ -448,6 +448,35 @@ def test_compiled_step_when_a_parameter_misses_gradients_matches_eager():
   assert opt.state[model[0].weight]['0.count'].item() == 6
 
 
+def test_compiled_step_follows_float_lr_edits_and_refuses_a_negative_one():
+  """Under a fullgraph torch.compile, float lr edits apply, and lr < 0 is refused, changing nothing.
+
+  After one change Dynamo treats the float as symbolic; the range checks
+  run eagerly (``_init_group``) and the step still traces whole.
+  """
+  _dynamo_testing()
+  model, eager_model = _mlp(), _mlp()
+  opt = Expectigrad(model.parameters(), lr=0.1)
+  eager_opt = Expectigrad(eager_model.parameters(), lr=0.1)
+  step = torch.compile(opt.step, fullgraph=True)
+  xs = _inputs(5)
+  for lr, x in zip((0.1, 0.05, 0.02, 0.0), xs):
+    for m, o, run in ((model, opt, step), (eager_model, eager_opt, eager_opt.step)):
+      o.param_groups[0]['lr'] = lr
+      _backward(m, x)
+      run()
+  _assert_close(model, eager_model, rtol=1e-6, atol=1e-7)
+  opt.param_groups[0]['lr'] = -0.1
+  _backward(model, xs[4])
+  params, state = _snapshot(model, opt)
+  with pytest.raises(Exception, match=r'param_groups\[0\]: lr must be a finite number >= 0'):
+    step()   # the ValueError, as torch.compile reports errors raised while it traces
+  for p, before in zip(model.parameters(), params):
+    assert torch.equal(p, before)
+  after = _state_tensors(opt)
+  assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)
+
+
 def test_compiled_step_is_one_opaque_update_op():
   """Under torch.compile the update is one ``expectigrad::compiled_in_place`` call.
 

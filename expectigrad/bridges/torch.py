@@ -389,28 +389,33 @@ class Optimizer(torch.optim.Optimizer):
     if closure is not None:
       with torch.enable_grad():
         loss = closure()
-    plans = [self._hyperparameters(i) for i in range(len(self.param_groups))]
+    self._init_group()
     for index in range(len(self.param_groups)):
-      self._init_group(index)
-    for index, (traced, static) in enumerate(plans):
+      traced, static = self._hyperparameters(index)
       for params in self._stepping_cohorts(index):
         self._step_cohort(params, traced, static, self.param_groups[index]['maximize'])
     return loss
 
-  def _init_group(self, group_index: int) -> None:
-    """Lowers the chain for each cohort about to step, and creates missing state.
+  def _init_group(self) -> None:
+    """Checks every group, then lowers each stepping cohort's chain and creates missing state.
 
     Named as in ``torch.optim``: under ``torch.compile``, Dynamo runs
     ``_init_group`` eagerly instead of tracing it (as for ``torch.optim.Adam``),
-    so a compiled step neither compiles the creation of the state (W2: 310
-    tensors) nor recompiles once it exists, and a new set of parameters with
-    gradients is lowered (JAX cannot run inside ``torch.compile``).
+    so the checks see real values, a compiled step neither compiles the
+    creation of the state (W2: 310 tensors) nor recompiles once it exists,
+    and a new set of parameters with gradients is lowered (JAX cannot run
+    inside ``torch.compile``).
+
+    Raises:
+      ValueError, TypeError: if a group's hyperparameters are invalid
+        (before anything changes).
     """
-    traced, static = self._hyperparameters(group_index)
-    for params in self._stepping_cohorts(group_index):
-      chain, arrays, hyper = self._inputs(params, traced, static)
-      if not self.state[params[0]]:
-        self._init_state(chain, hyper, params, arrays)
+    plans = [self._hyperparameters(i) for i in range(len(self.param_groups))]
+    for index, (traced, static) in enumerate(plans):
+      for params in self._stepping_cohorts(index):
+        chain, arrays, hyper = self._inputs(params, traced, static)
+        if not self.state[params[0]]:
+          self._init_state(chain, hyper, params, arrays)
 
   def _stepping_cohorts(self, group_index: int) -> list[list[torch.Tensor]]:
     """The group's parameters with a gradient, per device, dtype and cohort."""
