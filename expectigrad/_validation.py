@@ -52,9 +52,7 @@ def check_positive(name: str, value: Any, schedules: bool = False) -> None:
     ValueError: naming ``name`` and the accepted range.
   """
   number = real_value(name, value, '> 0', schedules)
-  # Comparisons rather than math.isfinite (NaN fails both): torch.compile
-  # traces them for a float it treats as symbolic (a changed learning rate).
-  if number is not None and not 0 < number < math.inf:
+  if number is not None and not (number > 0 and math.isfinite(number)):
     raise ValueError(f'{name} must be a finite number > 0, got {value!r}.')
 
 
@@ -74,7 +72,7 @@ def check_non_negative(name: str, value: Any, schedules: bool = False) -> None:
     ValueError: naming ``name`` and the accepted range.
   """
   number = real_value(name, value, '>= 0', schedules)
-  if number is not None and not 0 <= number < math.inf:  # see check_positive
+  if number is not None and not (number >= 0 and math.isfinite(number)):
     raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
 
 

@@ -65,14 +65,9 @@ class Expectigrad(torch_bridge.Optimizer):
     """Expectigrad's ranges (:mod:`expectigrad.hyperparameters`), in plain Python.
 
     Plain Python, with no factory call; a tensor is checked for its kind
-    only (reading its value would synchronise with its device). Under
-    ``torch.compile`` they run in ``_init_group``, which Dynamo runs eagerly.
+    only (reading its value would synchronise with its device).
     """
     del group_index
-    if torch.compiler.is_dynamo_compiling():
-      # Checked in _init_group, which Dynamo runs eagerly: here a float that
-      # Dynamo made symbolic (an lr that changed) has no value to check.
-      return
     values = {**dict(static), **traced}
     named = {h.name_in('torch'): values[h.key] for h in hyperparameters.HYPERPARAMETERS}
     for name, value in named.items():

@@ -206,6 +206,11 @@ class Optimizer(torch.optim.Optimizer):
     named = {k: _number(v) for k, v in self._factory_arguments(group).items()}
     traced = {k: v for k, v in named.items() if _is_traced(v)}
     static = tuple((k, named[k]) for k in sorted(named) if k not in traced)
+    # Under Dynamo the values were checked in _init_group, which it runs
+    # eagerly; in the traced step a float it made symbolic (an lr that
+    # changed) has no value to check.
+    if torch.compiler.is_dynamo_compiling():
+      return traced, static
     try:
       self._check_hyperparameters(group_index, traced, static)
     except (ValueError, TypeError) as error:
@@ -214,15 +219,12 @@ class Optimizer(torch.optim.Optimizer):
 
   def _check_hyperparameters(self, group_index: int, traced: Mapping[str, Any],
                              static: tuple) -> None:
-    """Checks a group's values by calling the factory with them (eager steps only).
+    """Checks a group's values by calling the factory with them (never under Dynamo's trace).
 
     Numbers are checked whenever they change; a tensor only for its kind
     (reading its value would synchronise with its device). Subclasses that
-    know their hyperparameters check them here in plain Python, which also
-    runs inside ``torch.compile``.
+    know their hyperparameters check them here in plain Python.
     """
-    if torch.compiler.is_dynamo_compiling():
-      return
     try:
       key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
                    for k, v in sorted(traced.items())), static)
