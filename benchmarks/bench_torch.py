@@ -21,8 +21,8 @@ other, and the wall time of each (the first step compiles) is printed. Unless
 ``TORCHINDUCTOR_CACHE_DIR`` is set, Inductor is pointed at a fresh temporary
 cache directory before each, so these are cold compiles; a trivial function
 is compiled before them, so the one-time cost of loading the compiler
-(printed too) is charged to none of them. Then all implementations are warmed up (2 steps) and
-timed interleaved, round by round; ratios are taken against
+(printed too) is charged to none of them. Then all implementations are
+warmed up (2 steps) and timed interleaved, round by round; ratios are taken against
 ``torch.optim.Adam(foreach=True)`` and against Expectigrad's memory-bandwidth
 lower bound measured in this run, and the compiled Expectigrads are also
 compared with the compiled Adam. A step that fails is reported with its
@@ -189,8 +189,7 @@ def _time_first_steps(steps: dict[str, Callable[[], Any]], workload: str
   for name in COMPILED:
     if name not in steps:
       continue
-    if _OWN_CACHE_DIRS:   # each cold: the compiled Expectigrads build the same inner graph
-      _use_fresh_inductor_cache()
+    _use_fresh_inductor_cache()   # each cold: the compiled Expectigrads build the same graph
     try:
       times = []
       for _ in range(2):

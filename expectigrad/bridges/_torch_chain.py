@@ -122,10 +122,10 @@ class LoweredChain:
     self.update.place(device)
     self.state = describe_state(state, self.n_params)
     self.unsupported = self.init.unsupported | self.update.unsupported
-    n, m = self.n_params, len(self.state)
+    n, m, k = self.n_params, len(self.state), len(self.hyper_names)
     self.compiled_step = _inductor.CompiledInPlace(
-        lambda *flat: self.step(flat[:n], flat[n:n + m], flat[n + m:n + m + len(hyper_names)],
-                                flat[n + m + len(hyper_names):], foreach=False),
+        lambda *flat: self.step(flat[:n], flat[n:n + m], flat[n + m:n + m + k], flat[n + m + k:],
+                                foreach=False),
         n_written=n + m)
 
   def step(self, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
@@ -149,8 +149,8 @@ class LoweredChain:
     args = [*hyper, *grads, *state_in, *(params if self.needs_params else [])]
     outputs = self.run_in_jax(args) if in_jax else self.update(*args)
     updates, new_state = list(outputs[:len(params)]), outputs[len(params):]
-    sources = [value.reshape(dst.shape) if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-               for dst, value in zip(targets, new_state)]
+    sources = [value.reshape(dst.shape) if isinstance(value, torch.Tensor)
+               else torch.as_tensor(value) for dst, value in zip(targets, new_state)]
     if foreach:
       torch._foreach_add_(list(params), updates)
       if sources:

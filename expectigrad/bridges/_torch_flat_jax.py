@@ -156,7 +156,8 @@ class FlatChain:
           view[leaf.name] = shared
         continue
       for i, (p, piece) in enumerate(zip(params, tensor.split(sizes))):
-        views[i][leaf.name] = piece.view(_torch_chain.storage_shape(self._tree_leaf[leaf.name, i], p))
+        tree_leaf = self._tree_leaf[leaf.name, i]
+        views[i][leaf.name] = piece.view(_torch_chain.storage_shape(tree_leaf, p))
     return views
 
   def run(self, hyper: dict, grads: torch.Tensor, spare: Any, state: Any,

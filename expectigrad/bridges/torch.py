@@ -342,8 +342,9 @@ class Optimizer(torch.optim.Optimizer):
 
     One tensor, read and written once per step, rather than a copy per
     parameter: on ResNet-18's 62 tensors the copies took a fifth of
-    Inductor's compile time (49 -> 40 s) and 13% of the compiled step. ``load_state_dict`` and cohort splits give each
-    parameter its own tensor; the first member's value is the cohort's.
+    Inductor's compile time (49 -> 40 s) and 13% of the compiled step.
+    ``load_state_dict`` and cohort splits give each parameter its own
+    tensor; the first member's value is the cohort's.
     """
     for leaf in chain.state:
       if leaf.owner is None:
