@@ -118,6 +118,36 @@ def test_inject_hyperparams_changes_lr_and_beta_without_recompiling():
   assert step._cache_size() == 1
 
 
+@pytest.mark.parametrize('beta', [0.0, 0.9])
+def test_inject_hyperparams_gives_the_state_structure_of_a_plain_call(beta):
+  """However beta arrives (a Python number or inject_hyperparams' array), one state structure."""
+  params = _params()
+  plain = expectigrad.expectigrad(0.1, beta=beta)
+  injected = optax.inject_hyperparams(expectigrad.expectigrad)(0.1, beta=beta)
+  expected = jax.tree.structure(plain.init(params))
+  state = injected.init(params)
+  assert jax.tree.structure(state.inner_state) == expected
+  for step in (injected.update, jax.jit(injected.update)):
+    updates, new_state = step(_grads(), state, params)
+    assert jax.tree.structure(new_state.inner_state) == expected
+    chex.assert_trees_all_close(updates, plain.update(_grads(), plain.init(params), params)[0])
+
+
+def test_unjitted_updates_reuse_one_compiled_computation_per_primitive(caplog):
+  """A concrete step count must not be baked into a computation (integer_pow) compiled per step."""
+  opt = expectigrad.expectigrad(1e-3)
+  params = _params()
+  rms, momentum, lr_state = opt.init(params)
+  # Counts no other test reaches, so no computation is cached for them yet.
+  count = jnp.asarray(54321, jnp.int32)
+  state = (rms._replace(count=count), momentum._replace(count=count), lr_state)
+  _, state = opt.update(_grads(), state, params)  # compiles each primitive once
+  with jax.log_compiles(), caplog.at_level('WARNING'):
+    for _ in range(2):
+      _, state = opt.update(_grads(), state, params)
+  assert not [r.getMessage() for r in caplog.records if 'Compiling' in r.getMessage()]
+
+
 def test_counters_saturate_instead_of_wrapping():
   opt = expectigrad.expectigrad(1e-3)
   params = {'x': jnp.ones(2)}

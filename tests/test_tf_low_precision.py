@@ -1,9 +1,9 @@
 """bfloat16/float16 TF1 and Keras variables: float32 optimizer state, exact past 2**11 steps.
 
 Mirrors test_torch_low_precision.py: the chain keeps float32 sums and
-momentum and int32 counters for 16-bit variables, returns float32 updates,
-and ``optax.apply_updates`` inside the converted step rounds the new value to
-the variable's dtype once before it is assigned.
+momentum and int32 counters for 16-bit variables and returns updates rounded
+once to the gradients' dtype, which ``optax.apply_updates`` inside the
+converted step adds to the variable.
 """
 
 import numpy as np

@@ -125,7 +125,8 @@ def divide_by_rms(updates: jax.Array, mean_square: jax.Array, eps: Any) -> jax.A
   """``updates / (eps + sqrt(mean_square))``.
 
   The result is in the wider of the two dtypes: bfloat16 gradients with
-  float32 state give float32 updates, rounded once, when they are applied.
+  float32 state give float32 updates, which :func:`expectigrad.expectigrad`
+  rounds once, to the gradients' dtype, at the end of its chain.
   """
   return updates / (eps + jnp.sqrt(mean_square))
 
@@ -166,5 +167,11 @@ def ema(moment: jax.Array, value: jax.Array, decay: Any) -> jax.Array:
 
 
 def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
-  """``1 - decay ** count``: the mass an EMA started at zero has after ``count`` steps."""
-  return 1 - decay**count
+  """``1 - decay ** count``: the mass an EMA started at zero has after ``count`` steps.
+
+  ``lax.pow`` with the integer count as an operand: ``decay ** count`` with a
+  concrete count (an update outside ``jit``) becomes ``integer_pow`` with the
+  count as a compile-time constant, so every step compiled a new computation.
+  Under ``jit`` both give the same ``pow`` of a float and an int32.
+  """
+  return 1 - jax.lax.pow(jnp.asarray(decay, jnp.result_type(float)), count)

@@ -46,9 +46,17 @@ class InnerMomentumState(NamedTuple):
 
 
 def _keeps_buffer(beta: Any) -> bool:
-  # Only a Python zero drops the buffer: a traced beta (inject_hyperparams,
-  # the bridges) must give the same state structure in init and update.
-  return not (isinstance(beta, (int, float)) and beta == 0)
+  """Whether ``init`` keeps a momentum buffer: unless ``beta`` is a known zero.
+
+  A concrete zero drops it however it arrives: a Python number, or the 0-d
+  array ``optax.inject_hyperparams`` passes, so both give one state structure
+  (``update`` follows the state it is given). A traced ``beta`` (the bridges,
+  ``jax.jit(opt.init)`` under ``inject_hyperparams``) has no value yet and
+  keeps the buffer.
+  """
+  if isinstance(beta, jax.core.Tracer) or jnp.ndim(beta) != 0:
+    return True
+  return float(beta) != 0
 
 
 def _init_momentum(params, beta, state_dtype) -> MomentumState:
@@ -81,8 +89,9 @@ def outer_momentum(
   """Bias-corrected EMA of the (already RMS-scaled) updates, Expectigrad's momentum.
 
   Returns ``m_t / (1 - beta**t)`` with ``m_t = beta * m_{t-1} + (1 - beta) * u_t``.
-  With ``beta == 0`` (a Python number) no buffer is kept and updates pass
-  through unchanged.
+  With ``beta == 0`` at ``init`` (a Python number, or the array that
+  ``optax.inject_hyperparams`` passes) no buffer is kept and updates pass
+  through unchanged, whatever ``beta`` is injected later.
 
   Args:
     beta: EMA decay, in [0, 1).
