@@ -35,7 +35,8 @@ class Expectigrad(keras_bridge.Optimizer):
     epsilon: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count (False).
-    name: the optimizer's name.
+    name: the optimizer's name; None gives a unique snake_case one as Keras's
+      own optimizers get (``expectigrad``, ``expectigrad_1``, ...).
     **kwargs: ``lr`` (alias of ``learning_rate``), ``decay`` (inverse-time
       decay ``learning_rate / (1 + decay * iterations)``, from the 2020 tf.keras
       package), and Keras's own optimizer arguments (``clipnorm``,
@@ -55,7 +56,7 @@ class Expectigrad(keras_bridge.Optimizer):
       beta: float = 0.9,
       epsilon: float = 1e-8,
       sparse_counter: bool = True,
-      name: str = 'Expectigrad',
+      name: str | None = None,
       **kwargs,
   ):
     learning_rate = kwargs.pop('lr', learning_rate)

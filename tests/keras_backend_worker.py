@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -281,6 +282,30 @@ def variable_without_gradient_keeps_its_state():
   for v in opt.variables:
     if v.name in b_state:
       np.testing.assert_array_equal(to_numpy(v), b_state[v.name])
+
+
+@check()
+def first_step_without_some_gradients_updates_the_others():
+  """Building inside the first apply must not lose the step (as keras.optimizers.Adam)."""
+  a, b, c = (keras.Variable(np.array([1.0, 2.0]), dtype='float64', name=n) for n in 'abc')
+  c.overwrite_with_gradient = True  # Keras assigns its gradient and skips update_step
+  opt = optimizer(learning_rate=0.125)  # exact in Keras's float32 learning-rate variable
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # Keras warns about a's missing gradient
+    opt.apply_gradients([(None, a), (tensor([1.0, 1.0]), b), (tensor([5.0, 6.0]), c)])
+  expected = reference.run_reference(lambda x, t: np.ones(2), np.array([1.0, 2.0]), 1, lr=0.125,
+                                     eps=reference.QUADRATIC_EPS)
+  assert_matches(to_numpy(b), expected[-1])
+  np.testing.assert_array_equal(to_numpy(a), [1.0, 2.0])
+  np.testing.assert_array_equal(to_numpy(c), [5.0, 6.0])
+  assert int(to_numpy(opt.iterations)) == 1
+
+
+@check()
+def unnamed_optimizers_get_unique_snake_case_names():
+  first, second = Expectigrad(), Expectigrad()
+  assert re.fullmatch(r'expectigrad(_\d+)?', first.name), first.name
+  assert re.fullmatch(r'expectigrad_\d+', second.name) and second.name != first.name
 
 
 @check()

@@ -1,6 +1,7 @@
 """The Keras 3 optimizers: reference parity (eager, tf.function, XLA), fit, saving, chains."""
 
 import inspect
+import re
 import subprocess
 import sys
 import textwrap
@@ -134,6 +135,32 @@ def test_variable_without_gradient_is_left_alone_with_its_state():
   assert len(b_state) == 3  # its sums of squares, counter and momentum did not move
   for name, value in b_state.items():
     np.testing.assert_array_equal(next(v for v in opt.variables if v.name == name).numpy(), value)
+
+
+@pytest.mark.parametrize('unbuilt', [True, False])
+def test_first_step_without_a_gradient_for_some_variables_updates_the_others(unbuilt):
+  """As keras.optimizers.Adam: building inside the first apply must not lose the step."""
+  a, b, c = (keras.Variable([1.0, 2.0], name=n) for n in 'abc')
+  c.overwrite_with_gradient = True  # Keras assigns its gradient and skips update_step
+  opt = Expectigrad(0.1)
+  if not unbuilt:
+    opt.build([a, b, c])
+  with pytest.warns(UserWarning, match='Gradients do not exist'):
+    opt.apply_gradients([(None, a), (tf.ones(2), b), (tf.constant([5.0, 6.0]), c)])
+  expected = reference.run_reference(lambda x, t: np.ones(2), np.array([1.0, 2.0]), 1, lr=0.1)
+  np.testing.assert_allclose(b.numpy(), expected[-1], rtol=1e-6)
+  np.testing.assert_array_equal(a.numpy(), [1.0, 2.0])
+  np.testing.assert_array_equal(c.numpy(), [5.0, 6.0])
+  assert int(opt.iterations) == 1
+
+
+def test_unnamed_optimizers_get_unique_snake_case_names_as_keras_adam():
+  first, second = Expectigrad(), Expectigrad()
+  adam = keras.optimizers.Adam()
+  assert re.fullmatch(r'adam(_\d+)?', adam.name)
+  assert re.fullmatch(r'expectigrad(_\d+)?', first.name)
+  assert re.fullmatch(r'expectigrad_\d+', second.name) and second.name != first.name
+  assert Expectigrad(name='mine').name == 'mine'
 
 
 def test_state_variables_are_named_after_their_variable_and_slot():

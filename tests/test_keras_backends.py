@@ -31,6 +31,8 @@ COMMON = [
     'parity_custom_loop', 'gradient_clipping', 'weight_decay_lr_alias_and_inverse_time_decay',
     'gradient_accumulation_steps', 'exponential_moving_average', 'loss_scale_optimizer',
     'learning_rate_schedule_and_custom_chain', 'variable_without_gradient_keeps_its_state',
+    'first_step_without_some_gradients_updates_the_others',
+    'unnamed_optimizers_get_unique_snake_case_names',
     'get_config_from_config', 'fit_save_load_resumes_bit_identically',
     'sparse_gradients_equal_dense', 'updates_go_through_the_optimizers_assign_methods',
     'wrong_shape_gradient_raises_before_anything_changes',

@@ -42,7 +42,7 @@ def test_ci_runs_exactly_the_readme_test_command():
      "(learning_rate=0.001, beta=0.9, epsilon=1e-08, sparse_counter=True, use_locking=False, "
      "name='Expectigrad')"),
     ('expectigrad.tensorflow2', 'Expectigrad',
-     "(learning_rate=0.001, beta=0.9, epsilon=1e-08, sparse_counter=True, name='Expectigrad', "
+     "(learning_rate=0.001, beta=0.9, epsilon=1e-08, sparse_counter=True, name=None, "
      "**kwargs)"),
 ])
 def test_published_signatures_are_the_contract(module, name, signature):

@@ -142,7 +142,8 @@ class Optimizer(keras.optimizers.Optimizer):
         shapes=[_shape(v) for v in variables],
         dtypes=[_conventions.dtype_name(v.dtype) for v in variables],
     )
-    self._expected = len(variables)
+    # ``self._expected`` is left alone: Keras builds inside the first
+    # ``apply``, after it counted the gradients update_step will receive.
     # The chain's init may depend on parameter values (e.g. lookahead), so it
     # runs on the current values.
     with backend.initialising():
