@@ -36,9 +36,14 @@ class Expectigrad(torch_bridge.Optimizer):
     eps: added to the root mean square, > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count (False).
+    maximize: ascend the objective instead of descending it (keyword only,
+      as in ``torch.optim``; also a param-group key).
 
   Raises:
-    ValueError: if ``lr < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``.
+    ValueError: if ``lr < 0``, ``beta`` is outside [0, 1) or ``eps <= 0``,
+      or a tensor ``lr``, ``beta`` or ``eps`` has more than one element.
+    TypeError: if ``maximize`` is not a bool, or a hyperparameter is not a
+      number or a 0-d floating-point tensor.
   """
 
   def __init__(
@@ -48,9 +53,11 @@ class Expectigrad(torch_bridge.Optimizer):
       beta: float = 0.9,
       eps: float = 1e-8,
       sparse_counter: bool = True,
+      *,
+      maximize: bool = False,
   ):
     super().__init__(params, expectigrad, lr=lr, beta=beta, eps=eps,
-                     sparse_counter=sparse_counter, momentum=None)
+                     sparse_counter=sparse_counter, momentum=None, maximize=maximize)
 
   def _factory_arguments(self, group: Mapping[str, Any]) -> dict[str, Any]:
     """``momentum``, when set (by ``OneCycleLR``), is ``beta``."""

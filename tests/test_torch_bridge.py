@@ -1,5 +1,6 @@
 """The torch bridge and expectigrad.pytorch against the numpy reference and optax itself."""
 
+import copy
 import io
 
 import jax
@@ -282,6 +283,38 @@ def test_bad_state_dict_raises_and_changes_nothing(corrupt, match):
   with pytest.raises(ValueError, match=match):
     opt.load_state_dict(state_dict)
   _assert_unchanged(x, opt, before_x, before_state)
+
+
+@pytest.mark.parametrize('other,missing', [
+    (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), "'beta', 'eps'"),
+    (lambda params: torch.optim.Adam(params, lr=0.1), "'beta', 'momentum'"),
+])
+def test_another_optimizers_state_dict_raises_naming_what_is_missing(other, missing):
+  x, opt = _stepped()
+  before_x, before_state = x.detach().clone(), opt.state_dict()['state']
+  before_groups = copy.deepcopy(opt.param_groups[0])
+  y = torch.nn.Parameter(torch.ones(4))
+  foreign = other([y])
+  y.grad = torch.ones(4)
+  foreign.step()
+  with pytest.raises(ValueError, match=rf"param_groups\[0\] lacks \[{missing}"):
+    opt.load_state_dict(foreign.state_dict())
+  _assert_unchanged(x, opt, before_x, before_state)
+  assert opt.param_groups[0] == {**before_groups, 'params': [x]}
+
+
+@pytest.mark.parametrize('make', [
+    lambda params, lr: torch.optim.Adam(params, lr=lr),  # the behaviour to match
+    lambda params, lr: Expectigrad(params, lr=lr),
+])
+def test_loaded_param_groups_are_copies_as_in_torch_optim(make):
+  """A scheduler on the loading optimizer must not change the saving one's tensor lr."""
+  saving = make([torch.nn.Parameter(torch.ones(2))], torch.tensor(0.125))
+  loading = make([torch.nn.Parameter(torch.ones(2))], torch.tensor(0.5))
+  loading.load_state_dict(saving.state_dict())
+  assert float(loading.param_groups[0]['lr']) == 0.125
+  loading.param_groups[0]['lr'].fill_(0.25)
+  assert float(saving.param_groups[0]['lr']) == 0.125
 
 
 def test_bridge_argument_errors():

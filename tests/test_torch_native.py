@@ -705,6 +705,37 @@ def test_maximize_in_a_group_equals_negated_gradients(kind):
   _assert_bit_identical((model, opt), (negated, reference_opt))
 
 
+def test_maximize_keyword_as_torch_optim_takes_it():
+  """Expectigrad(params, lr, maximize=True) is a maximize=True group (default False, as Adam)."""
+  model, grouped = _mlp(), _mlp()
+  opt = Expectigrad(model.parameters(), lr=LR, maximize=True)
+  reference_opt = Expectigrad([{'params': grouped.parameters(), 'maximize': True}], lr=LR)
+  assert torch.optim.Adam(_mlp().parameters()).defaults['maximize'] is False
+  assert Expectigrad(_mlp().parameters()).defaults['maximize'] is False
+  _train(model, opt, _inputs(3))
+  _train(grouped, reference_opt, _inputs(3))
+  _assert_bit_identical((model, opt), (grouped, reference_opt))
+  with pytest.raises(TypeError, match='maximize must be a bool'):
+    Expectigrad(_mlp().parameters(), maximize='yes')
+
+
+@pytest.mark.parametrize('kind', FACTORY_OPTIMIZERS)
+def test_tensor_lr_with_more_than_one_element_raises_as_in_torch(kind):
+  lr = torch.tensor([0.1, 0.2])
+  with pytest.raises(ValueError, match='Tensor lr must be 1-element'):
+    torch.optim.Adam(_mlp().parameters(), lr=lr)  # the behaviour to match
+  with pytest.raises(ValueError, match='Tensor lr must be 1-element'):
+    OPTIMIZERS[kind]([{'params': _mlp().parameters(), 'lr': lr}])
+  model = _mlp()
+  opt = OPTIMIZERS[kind](model.parameters())
+  _train(model, opt, _inputs(1))
+  before = _snapshot(model, opt)
+  opt.param_groups[0]['lr'] = lr
+  with pytest.raises(ValueError, match=r'param_groups\[0\]: Tensor lr must be 1-element'):
+    _train(model, opt, _inputs(1))
+  _assert_bit_identical(before, _snapshot(model, opt))
+
+
 # -- 10. OneCycleLR ----------------------------------------------------------------------
 
 

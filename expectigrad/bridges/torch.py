@@ -10,6 +10,7 @@ lives in ``optimizer.state[p]``, one dict of tensors per parameter. See
 
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -204,6 +205,11 @@ class Optimizer(torch.optim.Optimizer):
     if isinstance(self._transform, optax.GradientTransformation):
       return {}, ()
     named = {k: _number(v) for k, v in self._factory_arguments(group).items()}
+    for name, value in named.items():
+      if isinstance(value, torch.Tensor) and value.numel() != 1:
+        torch_name = {v: k for k, v in TORCH_TO_OPTAX_NAMES.items()}.get(name, name)
+        raise ValueError(f'param_groups[{group_index}]: Tensor {torch_name} must be 1-element, '
+                         f'got shape {tuple(value.shape)}.')
     traced = {k: v for k, v in named.items() if _is_traced(v)}
     static = tuple((k, named[k]) for k in sorted(named) if k not in traced)
     # Under Dynamo the values were checked in _init_group, which it runs
@@ -546,10 +552,9 @@ class Optimizer(torch.optim.Optimizer):
         state_dict = result
     if not isinstance(state_dict, Mapping) or set(state_dict) != {'state', 'param_groups'}:
       raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'.")
-    saved_groups = state_dict['param_groups']
-    if len(saved_groups) != len(self.param_groups):
-      raise ValueError(f'state_dict has {len(saved_groups)} param groups, '
-                       f'this optimizer has {len(self.param_groups)}.')
+    # Copied as torch.optim copies them: a tensor lr must not be shared with the saving optimizer.
+    saved_groups = copy.deepcopy(state_dict['param_groups'])
+    self._check_saved_groups(saved_groups)
     param_of: dict[Any, tuple[int, int]] = {}
     for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
       if len(saved['params']) != len(group['params']):
@@ -587,6 +592,30 @@ class Optimizer(torch.optim.Optimizer):
     self._checked = {}
     for hook in self._optimizer_load_state_dict_post_hooks.values():
       hook(self)
+
+  def _check_saved_groups(self, saved_groups: Any) -> None:
+    """Checks that a state dict's groups are this optimizer's: as many, with its keys.
+
+    Another optimizer's groups (SGD's, Adam's) lack some of this one's
+    hyperparameters; they are named here rather than failing later on the
+    first missing key.
+
+    Raises:
+      ValueError: for a different number of groups, a group that is not a
+        dict, or one that lacks ``'params'`` or a hyperparameter of this optimizer.
+    """
+    if not isinstance(saved_groups, Sequence) or len(saved_groups) != len(self.param_groups):
+      count = len(saved_groups) if isinstance(saved_groups, Sequence) else 'no list of'
+      raise ValueError(f'state_dict has {count} param groups, '
+                       f'this optimizer has {len(self.param_groups)}.')
+    # Keys the constructor gives every group; others (a scheduler's initial_lr) may differ.
+    required = {'params', *self.defaults}
+    for index, saved in enumerate(saved_groups):
+      missing = sorted(required - set(saved)) if isinstance(saved, Mapping) else ['params']
+      if missing:
+        raise ValueError(
+            f"state_dict's param_groups[{index}] lacks {missing}: is it the state dict of "
+            f'another optimizer? {type(self).__name__} groups hold {sorted(required)}.')
 
 
 def _as_real(tensor: torch.Tensor) -> torch.Tensor:
