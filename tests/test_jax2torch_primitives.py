@@ -46,8 +46,10 @@ import pytest
 import torch
 from jax import lax
 from jax.extend import core as jex_core
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from expectigrad import jax2torch
+from expectigrad.jax2torch._control_flow import SUB_JAXPRS
 
 EXACT, ULP, REL = 'exact', 'ulp', 'rel'
 REL_TOL = {'float32': 1e-6, 'float64': 1e-14}
@@ -357,6 +359,9 @@ CASES: list[Case] = [
              SHAPES_3D),
     Case('concatenate', 'concatenate', lambda x, y: lax.concatenate([x, y, x], 0), (ANY, ANY),
          dtypes=NUMERIC, shapes=((3, 4), (2,))),
+    shape_op('slice', lambda x: lax.slice(x, (1, 0, 1), (2, 3, 4)), ((2, 3, 4), (3, 3, 5))),
+    shape_op('slice[strided]', lambda x: lax.slice(x, (0, 1, 0), x.shape, (2, 1, 3)),
+             ((2, 3, 4), (3, 2, 5), (4, 1, 0))),
     *(Case(f'iota[{dtype}]', 'iota', lambda dtype=dtype: lax.broadcasted_iota(dtype, (3, 4), 1),
            (), dtypes=(dtype,), shapes=((),)) for dtype in INT + FLOATS),
     # Reductions (SHAPES_3D includes an empty axis: XLA's identities).
@@ -382,8 +387,8 @@ CASES: list[Case] = [
     elementwise('copy', jnp.copy, ANY, dtypes=NUMERIC),
     elementwise('stop_gradient', lax.stop_gradient, ANY, dtypes=NUMERIC),
 ]
-# Not one case each: test_cond_runs_every_branch below.
-COVERED_ELSEWHERE = frozenset({'cond'})
+# Not one case each: test_cond_runs_every_branch and the loop tests below.
+COVERED_ELSEWHERE = frozenset({'cond', 'scan', 'while'})
 
 
 # ---------------------------------------------------------------------------
@@ -526,10 +531,143 @@ def test_cond_runs_every_branch(fn: Callable, index: int, dtype: str, foreach: b
     assert_matches(a, e, EXACT)
 
 
+# Loops. Each case: (function, argument generators, the ``while`` trip count
+# the lowering must find when it builds the program: None for a loop whose
+# predicate depends on the data, not applicable to ``scan``).
+
+def _fori_static(x, y):
+  """fori_loop with static bounds: a scan, its counter a carry."""
+  return lax.fori_loop(0, 4, lambda i, v: v * y + i.astype(v.dtype), x)
+
+
+def _scan_xs(x, xs, reverse=False):
+  """Carry, ``xs`` sliced per step, two stacked ``ys``, one of them a literal."""
+  return lax.scan(lambda c, a: (c * 0.5 + a, (c * a, 2.0)), x, xs, reverse=reverse)
+
+
+def _scan_const_cond(x, xs):
+  """A constant array and a ``cond`` in the body (sub-programs nest)."""
+  weights = jnp.asarray(np.linspace(0.5, 1.5, x.shape[-1]), x.dtype)
+  body = lambda c, a: (lax.cond(a[0, 0] > 0, lambda v: v * weights, lambda v: v - a, c), c)  # noqa: E731
+  return lax.scan(body, x, xs)
+
+
+def _scan_empty(x):
+  return lax.scan(lambda c, _: (c * 2.0, c), x, length=0)
+
+
+def _while_counted(x, y):
+  """A counter against a literal limit; the body also reads an argument."""
+  return lax.while_loop(lambda c: c[0] < 6, lambda c: (c[0] + 2, c[1] * y + 1.0), (1, x))
+
+
+def _while_counted_const(x):
+  """A limit computed from a constant array, a counter carried through a swap."""
+  limit = jnp.asarray(np.array([2, 3], np.int32)).sum()
+  return lax.while_loop(lambda c: c[1] < limit, lambda c: (c[1], c[0] + 1, c[2] * 1.5),
+                        (0, 0, x))
+
+
+def _while_bound(x, n):
+  """fori_loop with a traced bound: a while whose trip count is data."""
+  return lax.fori_loop(0, n, lambda i, v: v * 1.5 + i.astype(v.dtype), x)
+
+
+def _while_data(x):
+  """A predicate on the carried values themselves."""
+  return lax.while_loop(lambda v: jnp.sum(jnp.abs(v)) < 100.0, lambda v: v * 2.0 + 1.0, x)
+
+
+_LOOPS = {
+    'fori-static': ('scan', _fori_static, (normal, normal), None),
+    'scan-xs': ('scan', _scan_xs, (normal, lambda r, s, d: normal(r, (5,) + s, d)), None),
+    'scan-reverse': ('scan', functools.partial(_scan_xs, reverse=True),
+                     (normal, lambda r, s, d: normal(r, (5,) + s, d)), None),
+    'scan-const-cond': ('scan', _scan_const_cond,
+                        (normal, lambda r, s, d: normal(r, (6,) + s, d)), None),
+    'scan-empty': ('scan', _scan_empty, (normal,), None),
+    'while-counted': ('while', _while_counted, (normal, normal), 3),
+    'while-counted-const': ('while', _while_counted_const, (normal,), 9),
+    'while-bound': ('while', _while_bound,
+                    (normal, lambda r, s, d: np.asarray(r.integers(2, 6), np.int32)), None),
+    'while-data': ('while', _while_data, (log_uniform(0.1, 1),), None),
+}
+
+
+def _loop(name: str, dtype: str):
+  """A loop case's program (checked to run its primitive), arguments and JAX's results."""
+  primitive, fn, gens, trips = _LOOPS[name]
+  rng = np.random.default_rng(len(name))
+  args = tuple(gen(rng, (3, 4), dtype) for gen in gens)
+  with _x64(dtype):
+    program = lower_checked(fn, *args, primitive=primitive)
+    expected = jax.tree.leaves(jax.jit(fn)(*args))
+  loops = [op for op in program._graph.ops if op.primitive == primitive]
+  if primitive == 'while':
+    assert [op.params['trips'] for op in loops] == [trips]
+  return program, args, expected
+
+
+@pytest.mark.parametrize('foreach', [False, True], ids=['single', 'foreach'])
+@pytest.mark.parametrize('dtype', FLOATS)
+@pytest.mark.parametrize('name', list(_LOOPS))
+def test_loop_matches_jax(name: str, dtype: str, foreach: bool):
+  """``scan`` and ``while`` (fori_loop with static and traced bounds, nested
+  ``cond``, constants in the body, zero trips) give JAX's results (to
+  ``_FUSED_TOL``: XLA contracts the bodies' multiply-adds into FMAs); a
+  ``while`` is counted when the program is built exactly when constants
+  decide its trips."""
+  program, args, expected = _loop(name, dtype)
+  for a, e in zip(run_program(program, args, foreach), expected, strict=True):
+    assert_matches(a, e, REL, _FUSED_TOL)
+
+
+def _traced(program: jax2torch.Program, args: Any) -> Callable:
+  """The program traced by ``make_fx`` on fake tensors, as the torch bridge's
+  ``compile=True`` does: any read of a tensor's value on the host fails there
+  (the program's constants are real tensors, as there)."""
+  flat = [torch.from_numpy(np.array(leaf)) for leaf in jax.tree.leaves(args)]
+  traced = make_fx(lambda *a: program(*a, foreach=False), tracing_mode='fake',
+                   _allow_non_fake_inputs=True)(*flat)
+  return lambda: traced(*flat)
+
+
+@pytest.mark.parametrize('name', [n for n, loop in _LOOPS.items() if loop[3] is not None
+                                  or loop[0] == 'scan'])
+def test_loop_traces_without_host_reads(name: str):
+  """A ``scan`` and a counted ``while`` trace on fake tensors (no value is read
+  on the host) and under ``torch.compile(fullgraph=True)`` (no graph break);
+  both traces give JAX's results."""
+  program, args, expected = _loop(name, 'float32')
+  flat = [torch.from_numpy(np.array(leaf)) for leaf in jax.tree.leaves(args)]
+  compiled = torch.compile(lambda *a: program(*a, foreach=False), backend='eager',
+                           fullgraph=True)
+  for actual in (_traced(program, args)(), compiled(*flat)):
+    for a, e in zip(actual, expected, strict=True):
+      assert_matches(a, e, REL, _FUSED_TOL)
+
+
+@pytest.mark.parametrize('name', ['while-bound', 'while-data'])
+def test_data_dependent_while_refuses_tracing(name: str):
+  """A ``while`` whose trip count is data reads its predicate on the host (it
+  runs eagerly, above), so tracing it for a compiler raises one clear error:
+  RuntimeError under ``make_fx``, and Dynamo's error carrying it under
+  ``torch.compile(fullgraph=True)``."""
+  program, args, _ = _loop(name, 'float32')
+  with pytest.raises(RuntimeError, match='predicate depends on the data'):
+    _traced(program, args)
+  flat = [torch.from_numpy(np.array(leaf)) for leaf in jax.tree.leaves(args)]
+  compiled = torch.compile(lambda *a: program(*a, foreach=False), backend='eager',
+                           fullgraph=True)
+  with pytest.raises(Exception, match='predicate depends on the data'):
+    compiled(*flat)
+
+
 def test_every_table_entry_is_tested():
   """Every primitive in ``jax2torch.PRIMITIVES`` has a case here, and every case
   tests a primitive of the table: the table and the tests stay in sync."""
   tested = {case.primitive for case in CASES}
+  assert COVERED_ELSEWHERE == set(SUB_JAXPRS)  # the control flow _program handles
   assert set(jax2torch.PRIMITIVES) - tested - COVERED_ELSEWHERE == set()
   assert tested - set(jax2torch.PRIMITIVES) == set()
 
@@ -537,12 +675,13 @@ def test_every_table_entry_is_tested():
 @pytest.mark.parametrize('fn,missing', [
     (lambda x: lax.cumsum(x), 'cumsum'),
     (jnp.sort, 'sort'),
-    (lambda x: lax.while_loop(lambda v: v[0] < 10, lambda v: v * 2, x), 'while'),
     (lambda x: lax.cond(jnp.sum(x) > 0, lax.cumsum, lambda v: v, x), 'cumsum'),
-], ids=['cumsum', 'sort', 'while_loop', 'inside-cond'])
+    (lambda x: lax.fori_loop(0, 3, lambda i, v: lax.cumsum(v), x), 'cumsum'),
+    (lambda x: lax.while_loop(lambda v: jnp.sum(v) < 1e3, lax.cumsum, x), 'cumsum'),
+], ids=['cumsum', 'sort', 'inside-cond', 'inside-scan', 'inside-while'])
 def test_unsupported_primitive_is_named(fn: Callable, missing: str):
   """A primitive absent from the table is named in ``Program.unsupported`` (also
-  from inside a ``cond`` branch), and running the program raises
+  from inside a ``cond`` branch or a loop body), and running the program raises
   NotImplementedError naming it, with and without foreach batching."""
   assert missing not in jax2torch.PRIMITIVES
   x = np.arange(1, 6, dtype=np.float32)

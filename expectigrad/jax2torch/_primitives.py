@@ -227,6 +227,13 @@ def _concatenate(*xs, dimension, **_):
   return torch.cat(xs, dim=dimension)
 
 
+@_register('slice')
+def _slice(x, *, start_indices, limit_indices, strides=None, **_):
+  """A strided view: ``x[start:limit:stride]`` on every axis."""
+  steps = strides or (1,) * x.ndim
+  return x[tuple(slice(*bounds) for bounds in zip(start_indices, limit_indices, steps))]
+
+
 @_register('iota')
 def _iota(*, dtype, shape, dimension, sharding=None, **_):
   del sharding

@@ -8,8 +8,19 @@ constants become tensors, and every parameter becomes a plain Python value
 result refers to no JAX object at run time, so running it is plain torch
 code that ``torch.compile`` can capture whole.
 
-``cond`` keeps its branches as sub-programs and runs all of them, selecting
-the result elementwise: no host sync, and the same code eager and compiled.
+Control flow keeps its sub-jaxprs as sub-programs (:mod:`._control_flow`),
+whose constants the enclosing operation receives as operands (so they are
+placed on the device with the program's own):
+
+- ``cond`` runs every branch and selects the result elementwise;
+- ``scan`` runs its body ``length`` times (unrolled under a compiler);
+- ``while`` whose trip count follows from constants alone (``fori_loop``
+  with static bounds) is counted when the program is built and runs as a
+  counted loop; any other reads its predicate on the host at every
+  iteration, and raises inside ``torch.compile`` or ``make_fx`` tracing.
+
+Only that last case syncs with the device; the rest is the same code eager
+and compiled.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from expectigrad.jax2torch import _primitives
+from expectigrad.jax2torch import _control_flow, _primitives
 
 # Primitives whose sub-jaxpr is inlined, with the parameter that holds it.
 _INLINED = {
@@ -130,6 +141,8 @@ class _Builder:
     self.unsupported: set[str] = set()
     self._literal_slots: dict[tuple, int] = {}
     self._computed: dict[tuple, list[int]] = {}
+    self._producers: dict[int, Op] = {}
+    self._values: dict[int, Any] = {}
     self._next = 0
 
   def new_slot(self, var: Any) -> int:
@@ -183,7 +196,10 @@ class _Builder:
         self.constant(var, ref.value)
         if isinstance(ref, Literal) and (position == 0 or name not in _SCALAR_OPERAND) else ref
         for position, (var, ref) in enumerate(zip(eqn.invars, inputs))]
-    params = _plain_params({k: v for k, v in eqn.params.items() if k != 'branches'})
+    if name in _control_flow.SUB_JAXPRS:
+      self.control_flow(env, eqn, inputs)
+      return
+    params = _plain_params(eqn.params)
     # The same pure computation repeated per leaf (``-learning_rate``) runs once,
     # so every leaf's op shares its result and the leaves batch together.
     key: Any = (name, repr(sorted(params.items())), tuple(inputs))
@@ -191,7 +207,7 @@ class _Builder:
       hash(key)
     except TypeError:  # a constant-array literal
       key = None
-    if key is not None and name != 'cond' and key in self._computed:
+    if key is not None and key in self._computed:
       for var, slot in zip(eqn.outvars, self._computed[key]):
         env[var] = slot
       return
@@ -200,16 +216,60 @@ class _Builder:
       env[var] = slot
     if key is not None:
       self._computed[key] = outputs
-    if name == 'cond':
-      branches = [build(branch) for branch in eqn.params['branches']]
-      self.unsupported.update(*(branch.unsupported for branch in branches))
-      fn = _cond(branches)
-    elif name in _primitives.PRIMITIVES:
+    if name in _primitives.PRIMITIVES:
       fn = _bind(_primitives.PRIMITIVES[name], params, len(outputs))
     else:
       self.unsupported.add(name)
       fn = _missing(name)
-    self.ops.append(Op(name, params, inputs, outputs, fn))
+    self.add(Op(name, params, inputs, outputs, fn))
+
+  def control_flow(self, env: dict, eqn: Any, inputs: list[Ref]) -> None:
+    """Adds a ``cond``, ``scan`` or ``while``; its sub-programs' constants become operands."""
+    graphs = [build(jaxpr) for jaxpr in _control_flow.sub_jaxprs(eqn)]
+    self.unsupported.update(*(graph.unsupported for graph in graphs))
+    outputs = [self.new_slot(v) for v in eqn.outvars]
+    for var, slot in zip(eqn.outvars, outputs):
+      env[var] = slot
+    impl, params = _control_flow.implementation(
+        eqn.primitive.name, eqn.params, graphs,
+        [self.value(ref) for ref in inputs], [self.avals[slot] for slot in outputs])
+    fn = _control_flow.with_sub_programs(impl, graphs, len(inputs))
+    hoisted = [self.hoist(value) for graph in graphs for value in graph.constants.values()]
+    self.add(Op(eqn.primitive.name, params, inputs + hoisted, outputs, fn))
+
+  def add(self, op: Op) -> None:
+    """Appends ``op``, remembering which op produces each of its outputs (see :meth:`value`)."""
+    self.ops.append(op)
+    for slot in op.outputs:
+      self._producers[slot] = op
+
+  def value(self, ref: Ref) -> Any:
+    """The value of ``ref`` if constants alone determine it, computed on the host; else None.
+
+    Only what a ``while`` loop's trip count needs is computed (a limit
+    ``jnp.sum`` of a constant array, say).
+    """
+    if isinstance(ref, Literal):
+      return ref.value
+    if ref in self.constants:
+      return self.constants[ref]
+    if ref not in self._values:
+      op = self._producers.get(ref)  # None for an argument
+      operands = [self.value(r) for r in op.inputs] if op is not None else [None]
+      try:
+        computed = None if any(v is None for v in operands) else op.fn(*operands)
+      except NotImplementedError:  # a primitive the table lacks
+        computed = None
+      self._values[ref] = None if computed is None else computed[op.outputs.index(ref)]
+    return self._values[ref]
+
+  def hoist(self, value: torch.Tensor) -> int:
+    """A slot for a sub-program's constant, so that it is placed with this program's."""
+    slot = self._next
+    self._next += 1
+    self.avals[slot] = Aval(tuple(value.shape), value.dtype)
+    self.constants[slot] = value
+    return slot
 
 
 def _bind(impl: Callable, params: dict, n_outputs: int) -> Callable:
@@ -222,15 +282,6 @@ def _bind(impl: Callable, params: dict, n_outputs: int) -> Callable:
 def _missing(name: str) -> Callable:
   def fn(*args):
     raise NotImplementedError(f'no torch lowering for the JAX primitive {name!r}')
-  return fn
-
-
-def _cond(branches: Sequence[Graph]) -> Callable:
-  """``lax.cond``/``switch``: every branch runs, the index selects elementwise."""
-  def fn(index, *operands):
-    results = [run(branch, operands) for branch in branches]
-    return tuple(
-        _primitives.PRIMITIVES['select_n'](index, *values) for values in zip(*results))
   return fn
 
 
