@@ -4,7 +4,8 @@ A bridge runs an optax chain it knows nothing about over a framework's
 parameters. What it needs to agree on with the others lives here, once:
 
 - **Transform or factory** (:func:`check_transform`, :func:`make_transform`):
-  ``transform`` is a fixed ``optax.GradientTransformation``, used as is, or a
+  ``transform`` is a fixed ``optax.GradientTransformation``, used as is (an
+  ``optax.MultiSteps`` as its ``gradient_transformation()``), or a
   factory of keyword hyperparameters (such as :func:`expectigrad.expectigrad`)
   that the bridge calls inside the traced step with the framework's current
   values as traced scalars: at least ``learning_rate=``, so schedules and
@@ -37,7 +38,7 @@ import optax
 TransformOrFactory = Union[optax.GradientTransformation, Callable[..., optax.GradientTransformation]]
 
 
-def check_transform(transform: Any, hyperparameters: Iterable[str] = ()) -> None:
+def check_transform(transform: Any, hyperparameters: Iterable[str] = ()) -> TransformOrFactory:
   """Checks the transform-or-factory contract at construction.
 
   Args:
@@ -45,10 +46,17 @@ def check_transform(transform: Any, hyperparameters: Iterable[str] = ()) -> None
     hyperparameters: names of hyperparameters the user set for the factory
       (other than the learning rate, which a fixed transform ignores).
 
+  Returns:
+    The transform or factory to use: ``transform`` itself, except that an
+    ``optax.MultiSteps`` (a wrapper, not a transformation) becomes its
+    ``gradient_transformation()``.
+
   Raises:
     TypeError: if ``transform`` is neither a transformation nor callable, or
       hyperparameters are given with a fixed transformation.
   """
+  if isinstance(transform, optax.MultiSteps):
+    transform = transform.gradient_transformation()
   if isinstance(transform, optax.GradientTransformation):
     names = sorted(hyperparameters)
     if names:
@@ -58,6 +66,7 @@ def check_transform(transform: Any, hyperparameters: Iterable[str] = ()) -> None
   elif not callable(transform):
     raise TypeError('transform must be an optax.GradientTransformation or a factory '
                     f'returning one, got {type(transform).__name__}.')
+  return transform
 
 
 def make_transform(transform: TransformOrFactory, hyperparameters: Mapping[str, Any]

@@ -105,7 +105,7 @@ class ConvertedChain:
       platforms: Sequence[str] = PLATFORMS,
   ):
     """Converts the chain; raises TypeError like :func:`_conventions.check_transform`."""
-    _conventions.check_transform(transform)
+    transform = _conventions.check_transform(transform)
     dtype_names = [tf.as_dtype(dtype).name for dtype in dtypes]
     self._dtypes = dtype_names
     self.learning_rate_dtype = tf.as_dtype(_conventions.hyper_dtype(dtype_names))

@@ -115,8 +115,8 @@ class Optimizer(keras.optimizers.Optimizer):
       **kwargs,
   ):
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-    _conventions.check_transform(transform)  # fail at construction, not at the first step
-    self._transform = transform
+    # Fails at construction, not at the first step.
+    self._transform = _conventions.check_transform(transform)
     self._chain = None
     self._state: list = []
     self._pending: dict = {}

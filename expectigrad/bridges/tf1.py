@@ -74,8 +74,8 @@ class Optimizer(tf.compat.v1.train.Optimizer):
       name: str = 'OptaxChain',
   ):
     super().__init__(use_locking=use_locking, name=name)
-    _conventions.check_transform(transform)  # fail at construction, not at the first step
-    self._transform = transform
+    # Fails at construction, not at the first step.
+    self._transform = _conventions.check_transform(transform)
     self._learning_rate = learning_rate
     self._chain: _tf_chain.ConvertedChain | None = None
     self._chain_variables: tuple | None = None

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _torch_chain, _torch_flat_jax
+from expectigrad.bridges import _conventions, _torch_chain, _torch_flat_jax
 from expectigrad.bridges._torch_chain import LoweredChain
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
@@ -101,7 +101,8 @@ class Optimizer(torch.optim.Optimizer):
 
   Args:
     params: parameters or param-group dicts, as for any torch optimizer.
-    transform: an ``optax.GradientTransformation`` or a factory returning one.
+    transform: an ``optax.GradientTransformation`` (or ``optax.MultiSteps``, run as
+      its ``gradient_transformation()``) or a factory returning one.
     executor: ``'auto'``, ``'torch'`` or ``'jax'``.
     compile: run the lowered step compiled by Inductor, compiled on first
       use per parameter set (traced once with ``make_fx``, without Dynamo's
@@ -125,14 +126,7 @@ class Optimizer(torch.optim.Optimizer):
       compile: bool = False,  # pylint: disable=redefined-builtin
       **defaults: Any,
   ):
-    if isinstance(transform, optax.GradientTransformation):
-      if set(defaults) - {'maximize'}:
-        raise TypeError(
-            f'hyperparameters {sorted(defaults)} need a factory of keyword hyperparameters '
-            '(e.g. expectigrad.expectigrad), not a fixed GradientTransformation.')
-    elif not callable(transform):
-      raise TypeError('transform must be an optax.GradientTransformation or a factory '
-                      f'returning one, got {type(transform).__name__}.')
+    transform = _conventions.check_transform(transform, set(defaults) - {'maximize'})
     if executor not in EXECUTORS:
       raise ValueError(f'executor must be one of {EXECUTORS}, got {executor!r}.')
     defaults.setdefault('maximize', False)
