@@ -35,41 +35,11 @@ import jax
 import jax.numpy as jnp
 import torch
 
-from expectigrad.bridges import _torch_chain
+from expectigrad.bridges import _torch_chain, _torch_flat
 from expectigrad.bridges._torch_chain import StateLeaf
 
-# Primitives that compute each output element from the same element of their
-# operands (0-d operands broadcast).
-_ELEMENTWISE = frozenset({
-    'add', 'sub', 'mul', 'div', 'rem', 'neg', 'max', 'min', 'pow', 'integer_pow', 'square',
-    'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'sin', 'cos', 'tan', 'tanh',
-    'logistic', 'erf', 'abs', 'sign', 'floor', 'ceil', 'is_finite', 'eq', 'ne', 'lt', 'le',
-    'gt', 'ge', 'and', 'or', 'xor', 'not', 'select_n', 'convert_element_type', 'clamp',
-    'copy', 'stop_gradient',
-})
-_CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
-          'closed_call': 'call_jaxpr'}
 # XLA imports a buffer zero-copy only if it is aligned to this many bytes.
 _DLPACK_ALIGNMENT = 64
-
-
-def is_elementwise(jaxpr: Any) -> bool:
-  """Whether every equation of ``jaxpr`` (nested calls included) is elementwise."""
-  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name in _CALLS:
-      if not is_elementwise(eqn.params[_CALLS[name]]):
-        return False
-    elif name == 'broadcast_in_dim':
-      if eqn.invars[0].aval.ndim != 0:
-        return False
-    elif name == 'reshape':
-      if tuple(eqn.invars[0].aval.shape) != tuple(eqn.outvars[0].aval.shape):
-        return False
-    elif name not in _ELEMENTWISE:
-      return False
-  return True
 
 
 def _is_importable(tensor: torch.Tensor) -> bool:
@@ -121,7 +91,8 @@ class FlatChain:
       closed = jax.make_jaxpr(update)(hyper, vector, vector, state, params)
     self.leaves = _torch_chain.describe_state(state, 1)
     self._tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
-    self.usable = _corresponds(tree.state, self.leaves, size) and is_elementwise(closed)
+    self.usable = _torch_flat.corresponds(tree.state, self.leaves, size) and (
+        _torch_flat.is_elementwise(closed))
     self._treedef = jax.tree.structure(state)
     # ``spare`` (last step's update buffer) comes before ``state``: JAX pairs
     # donated inputs with outputs of the same shape in argument order, so XLA
@@ -168,33 +139,6 @@ class FlatChain:
       warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
       return self._update(hyper, jax.dlpack.from_dlpack(grads), spare, state,
                           None if params is None else jax.dlpack.from_dlpack(params))
-
-
-def _corresponds(tree_leaves: Sequence[StateLeaf], flat_leaves: Sequence[StateLeaf],
-                 size: int) -> bool:
-  """Whether the flat state holds exactly the tree's state, concatenated.
-
-  Each shared leaf of the tree must be the same shared leaf of the flat
-  state; each per-parameter leaf must be, for every parameter, a slice of
-  one per-element flat leaf of the same name and dtype.
-  """
-  tree = {(leaf.name, leaf.owner): leaf for leaf in tree_leaves}
-  owners = {leaf.owner for leaf in tree_leaves if leaf.owner is not None}
-  expected = 0
-  for leaf in flat_leaves:
-    if leaf.owner is None:
-      match = tree.get((leaf.name, None))
-      if match is None or match.shape != leaf.shape or match.dtype != leaf.dtype:
-        return False
-      expected += 1
-    else:
-      parts = [tree.get((leaf.name, owner)) for owner in owners]
-      if leaf.shape != (size,) or any(p is None or p.dtype != leaf.dtype for p in parts):
-        return False
-      if sum(math.prod(p.shape) for p in parts) != size:
-        return False
-      expected += len(parts)
-  return expected == len(tree_leaves)
 
 
 class Cohort:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _conventions, _torch_chain, _torch_flat_jax
+from expectigrad.bridges import _conventions, _torch_chain, _torch_flat, _torch_flat_jax
 from expectigrad.bridges._torch_chain import LoweredChain
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
@@ -145,7 +145,8 @@ class Optimizer(torch.optim.Optimizer):
     """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
     self._lowered: dict[tuple, LoweredChain] = {}
     self._flat_chains: dict[tuple, _torch_flat_jax.FlatChain] = {}
-    self._flat_cohorts: dict[tuple, _torch_flat_jax.Cohort] = {}
+    self._flat_cohorts: dict[tuple, _torch_flat_jax.Cohort | _torch_flat.Cohort] = {}
+    self._torch_flat_chains: dict[tuple, _torch_flat.FlatChain] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
     self._warned: set[str] = set()
@@ -448,7 +449,13 @@ class Optimizer(torch.optim.Optimizer):
     if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
       flat = self._flat_chain(chain, tuple(sorted(traced)), static, params)
       if flat.usable:
-        self._flat_cohort(flat, params).step(self.state, traced, grads)
+        self._flat_cohort(flat, params, _torch_flat_jax.Cohort).step(self.state, traced, grads)
+        return
+    eager = not torch.compiler.is_dynamo_compiling() and not self._compile
+    if not in_jax and eager:
+      lean = self._torch_flat_chain(chain, tuple(sorted(traced)), static, arrays)
+      if lean.usable:
+        self._flat_cohort(lean, params, _torch_flat.Cohort).step(self.state, arrays, hyper, grads)
         return
     self._share(chain, params)
     targets = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
@@ -464,13 +471,18 @@ class Optimizer(torch.optim.Optimizer):
       chain.step(arrays, targets, hyper, grads, in_jax=in_jax,
                  foreach=not torch.compiler.is_dynamo_compiling())
 
-  def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
-                   ) -> _torch_flat_jax.Cohort:
-    """The flat JAX state of these parameters (new if they did not step together before)."""
+  def _flat_cohort(self, chain: Any, params: list[torch.Tensor], kind: type) -> Any:
+    """The flat state of these parameters (new if they did not step together before).
+
+    A new cohort forgets the cached ones it shares a parameter with, so that
+    their buffers are freed once no view of them remains.
+    """
     key = tuple(id(p) for p in params)
     cohort = self._flat_cohorts.get(key)
-    if cohort is None or cohort.chain is not flat:
-      cohort = self._flat_cohorts[key] = _torch_flat_jax.Cohort(flat, params)
+    if cohort is None or cohort.chain is not chain:
+      for other in [k for k in self._flat_cohorts if set(k) & set(key)]:
+        del self._flat_cohorts[other]
+      cohort = self._flat_cohorts[key] = kind(chain, params)
     return cohort
 
   def _flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
@@ -480,6 +492,15 @@ class Optimizer(torch.optim.Optimizer):
       self._flat_chains[key] = _torch_flat_jax.FlatChain(
           self._make(static), names, chain, key[1], params[0].dtype)
     return self._flat_chains[key]
+
+  def _torch_flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
+                        arrays: Sequence[torch.Tensor]) -> _torch_flat.FlatChain:
+    """The chain traced over one flat vector laid out for these parameters (see _torch_flat)."""
+    key = (id(chain), tuple(a.numel() for a in arrays))
+    if key not in self._torch_flat_chains:
+      self._torch_flat_chains[key] = _torch_flat.FlatChain(
+          self._make(static), names, chain, _torch_flat.Layout(key[1]), arrays[0].dtype)
+    return self._torch_flat_chains[key]
 
   def _runs_in_jax(self, chain: LoweredChain) -> bool:
     """Whether this step runs on the JAX runtime (see the class docstring)."""

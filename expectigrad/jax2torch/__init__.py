@@ -5,19 +5,20 @@ abstract arguments, and returns a :class:`Program`: the same computation as
 torch operations, which runs on torch tensors on any device, eagerly or
 under ``torch.compile``, without calling JAX. It knows nothing of the
 functions it lowers; it is a table of primitives (:mod:`._primitives`) and
-an interpreter (:mod:`._program`), plus a scheduler that runs equations
-repeated over many tensors as single ``torch._foreach_*`` calls
-(:mod:`._foreach`).
+an interpreter (:mod:`._program`), plus two schedules: one that runs
+equations repeated over many tensors as single ``torch._foreach_*`` calls
+(:mod:`._foreach`), and one that runs programs over a few large tensors in
+little memory, in place (:mod:`._inplace`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import torch
 
-from expectigrad.jax2torch import _foreach, _program
+from expectigrad.jax2torch import _foreach, _inplace, _program
 from expectigrad.jax2torch._primitives import PRIMITIVES, torch_dtype
 
 __all__ = ['PRIMITIVES', 'Program', 'lower', 'torch_dtype']
@@ -78,6 +79,28 @@ class Program:
     if foreach:
       return _foreach.run(self._graph, self._steps, args, constants)
     return _program.run(self._graph, args, constants)
+
+  def in_place(self, donated: Sequence[int] = (), aliases: Mapping[int, int] | None = None,
+               segmented: Sequence[int] = ()) -> Callable[..., list[Any]]:
+    """The program as an eager function that frees and overwrites buffers (see :mod:`._inplace`).
+
+    Args:
+      donated: positions of arguments the function may overwrite.
+      aliases: ``{result index: argument index}``: that result is written
+        into that (donated) argument, which is returned for it.
+      segmented: positions of 1-D arguments passed as lists of 1-D tensors
+        (their concatenation).
+
+    Returns:
+      ``f(*args) -> results``, the arguments on one device.
+    """
+    schedule = _inplace.plan(self._graph, donated, aliases, segmented)
+
+    def run(*args: Any) -> list[Any]:
+      first = next(a for a in args if isinstance(a, torch.Tensor) or isinstance(a, list))
+      device = (first[0] if isinstance(first, list) else first).device
+      return schedule(args, self._constants_on(device))
+    return run
 
 
 def lower(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Program:

@@ -1,0 +1,266 @@
+"""An elementwise chain run by torch over one flat buffer per state leaf.
+
+A torch optimizer over many parameters would otherwise run each primitive
+of the lowered update once per tensor (or as a ``torch._foreach_*`` call,
+where torch has one: comparisons, casts and selections do not). This
+module runs such a chain the way a fused optimizer lays out memory:
+
+- the chain is traced over ONE flat vector holding a cohort's parameters,
+  which is the same computation as over the tree of parameters when every
+  primitive is elementwise (:func:`is_elementwise`) and the flat state is
+  the tree's state concatenated (:func:`corresponds`);
+- every per-element state leaf lives in one flat buffer (:class:`Layout`:
+  each parameter's elements start at a 64-byte boundary), and
+  ``optimizer.state[p]`` holds views of it, shaped like ``p``;
+- each step runs the lowered update once over the flat buffers, eagerly,
+  in place and freeing intermediates early (:mod:`expectigrad.jax2torch`'s
+  ``Program.in_place``): each primitive is one kernel whatever the number
+  of tensors; the gradients enter as segments, concatenated where read;
+  the flat update is added to the parameters with one ``_foreach_add_``.
+
+The same layout serves the JAX executor (:mod:`._torch_flat_jax`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import torch
+
+from expectigrad import jax2torch
+from expectigrad.bridges import _torch_chain
+from expectigrad.bridges._torch_chain import StateLeaf
+
+# Primitives that compute each output element from the same element of their
+# operands (0-d operands broadcast).
+_ELEMENTWISE = frozenset({
+    'add', 'sub', 'mul', 'div', 'rem', 'neg', 'max', 'min', 'pow', 'integer_pow', 'square',
+    'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'sin', 'cos', 'tan', 'tanh',
+    'logistic', 'erf', 'abs', 'sign', 'floor', 'ceil', 'is_finite', 'eq', 'ne', 'lt', 'le',
+    'gt', 'ge', 'and', 'or', 'xor', 'not', 'select_n', 'convert_element_type', 'clamp',
+    'copy', 'stop_gradient',
+})
+_CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
+          'closed_call': 'call_jaxpr'}
+# Each parameter's segment starts at a multiple of this many elements (64 bytes
+# for 4-byte elements): views stay aligned for Inductor and for dlpack imports.
+ALIGNMENT = 16
+
+
+def is_elementwise(jaxpr: Any) -> bool:
+  """Whether every equation of ``jaxpr`` (nested calls included) is elementwise."""
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name in _CALLS:
+      if not is_elementwise(eqn.params[_CALLS[name]]):
+        return False
+    elif name == 'broadcast_in_dim':
+      if eqn.invars[0].aval.ndim != 0:
+        return False
+    elif name == 'reshape':
+      if tuple(eqn.invars[0].aval.shape) != tuple(eqn.outvars[0].aval.shape):
+        return False
+    elif name not in _ELEMENTWISE:
+      return False
+  return True
+
+
+def corresponds(tree_leaves: Sequence[StateLeaf], flat_leaves: Sequence[StateLeaf],
+                numel: int) -> bool:
+  """Whether the flat state holds exactly the tree's state, concatenated.
+
+  Each shared leaf of the tree must be the same shared leaf of the flat
+  state; each per-parameter leaf must be, for every parameter, a part of
+  one per-element flat leaf of the same name and dtype.
+  """
+  tree = {(leaf.name, leaf.owner): leaf for leaf in tree_leaves}
+  owners = {leaf.owner for leaf in tree_leaves if leaf.owner is not None}
+  expected = 0
+  for leaf in flat_leaves:
+    if leaf.owner is None:
+      match = tree.get((leaf.name, None))
+      if match is None or match.shape != leaf.shape or match.dtype != leaf.dtype:
+        return False
+      expected += 1
+    else:
+      parts = [tree.get((leaf.name, owner)) for owner in owners]
+      if len(leaf.shape) != 1 or any(p is None or p.dtype != leaf.dtype for p in parts):
+        return False
+      if sum(math.prod(p.shape) for p in parts) != numel:
+        return False
+      expected += len(parts)
+  return expected == len(tree_leaves)
+
+
+class Layout:
+  """Where each parameter's elements sit in a flat buffer (aligned segments).
+
+  Args:
+    numels: the parameters' element counts.
+    alignment: each segment starts at a multiple of this many elements.
+  """
+
+  def __init__(self, numels: Sequence[int], alignment: int = ALIGNMENT):
+    self.numels, self.alignment = list(numels), alignment
+    self._zeros: dict[tuple, torch.Tensor] = {}
+    self.offsets, offset = [], 0
+    for n in self.numels:
+      self.offsets.append(offset)
+      offset += -(-n // alignment) * alignment
+    self.size = offset
+    # [n0, gap0, n1, gap1, ...]: views are taken with one split, which (unlike
+    # slicing) also works on fake CUDA tensors in a CPU-only torch
+    self._pieces = [size for o, n, end in zip(self.offsets, self.numels, self.offsets[1:] + [offset])
+                    for size in (n, end - o - n)]
+    self.packed = len(self.numels) == 1 and self.size == self.numels[0]
+
+  def views(self, flat: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Each parameter's part of ``flat``, in the given shapes."""
+    return [piece.view(s) for piece, s in zip(flat.split(self._pieces)[::2], shapes)]
+
+  def segments(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` as the 1-D pieces of a flat vector (zeros in the gaps), concatenated where read."""
+    first = tensors[0]
+    key = (first.device, first.dtype)
+    if key not in self._zeros:  # one small zero tensor: no kernel per gap and step
+      self._zeros[key] = first.new_zeros(self.alignment)
+    zeros = self._zeros[key]
+    pieces = []
+    for t, gap in zip(tensors, self._pieces[1::2]):
+      pieces.append(t.reshape(-1))
+      if gap:
+        pieces.append(zeros.narrow(0, 0, gap))
+    return pieces
+
+
+class FlatChain:
+  """A chain traced over one flat vector, and whether that equals running it over the tree.
+
+  Args:
+    make: builds the chain from a dict of hyperparameters.
+    hyper_names: the traced hyperparameters' names.
+    tree: the same chain lowered over the cohort's parameters.
+    layout: the cohort's flat layout.
+    dtype: the parameters' dtype.
+
+  Attributes:
+    usable: whether the flat chain is elementwise and its state is the tree's.
+    leaves: the flat state's leaves (per-element ones span the whole layout).
+    closed: the traced ``update(hyper, grads, state, params) -> (updates, state)``.
+  """
+
+  def __init__(self, make: Callable, hyper_names: Sequence[str],
+               tree: _torch_chain.LoweredChain, layout: Layout, dtype: torch.dtype):
+    self.dtype, self.tree, self.layout = dtype, tree, layout
+    self.hyper_names = tuple(hyper_names)
+    key = _torch_chain.param_key(0)
+
+    def init(hyper, params):
+      return make(hyper).init({key: params})
+
+    def update(hyper, grads, state, params):
+      updates, state = make(hyper).update(
+          {key: grads}, state, None if params is None else {key: params})
+      return updates[key], state
+
+    self.update = update
+    with _torch_chain.x64_scope(dtype):
+      self.hyper_spec = {k: jax.ShapeDtypeStruct((), _torch_chain.jax_dtype(tree.hyper_dtype))
+                         for k in hyper_names}
+      self.vector = jax.ShapeDtypeStruct((layout.size,), _torch_chain.jax_dtype(dtype))
+      self.state_shape = jax.eval_shape(init, self.hyper_spec, self.vector)
+      params = self.vector if tree.needs_params else None
+      self.closed, out_shape = jax.make_jaxpr(update, return_shape=True)(
+          self.hyper_spec, self.vector, self.state_shape, params)
+    self.in_tree = jax.tree.structure((self.hyper_spec, self.vector, self.state_shape, params))
+    self.out_tree = jax.tree.structure(out_shape)
+    self.leaves = _torch_chain.describe_state(self.state_shape, 1)
+    self.tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
+    self.usable = corresponds(tree.state, self.leaves, sum(layout.numels)) and (
+        is_elementwise(self.closed))
+    self._runs: dict[tuple, Callable[..., list]] = {}
+
+  def runner(self, device: torch.device, packed_grads: bool) -> Callable[..., list]:
+    """The update lowered to torch and planned in place: state donated and written back.
+
+    Arguments ``(*hyper, grads, *state, [params])``; ``grads`` (and
+    ``params``) are segments (:meth:`Layout.segments`) unless ``packed_grads``.
+    """
+    key = (device, packed_grads)
+    if key not in self._runs:
+      program = jax2torch.Program(self.closed, self.in_tree, self.out_tree)
+      program.place(device)
+      k, m = len(self.hyper_names), len(self.leaves)
+      state = range(k + 1, k + 1 + m)
+      segmented = ([] if packed_grads else [k]) + ([k + 1 + m] if self.tree.needs_params else [])
+      self._runs[key] = program.in_place(donated=state,
+                                         aliases={1 + i: s for i, s in enumerate(state)},
+                                         segmented=segmented)
+    return self._runs[key]
+
+
+class Cohort:
+  """A cohort's state in flat torch buffers, ``optimizer.state[p]`` holding views of them.
+
+  Args:
+    chain: the :class:`FlatChain` of these parameters.
+    keys: the parameters as ``optimizer.state`` keys them.
+  """
+
+  def __init__(self, chain: FlatChain, keys: Sequence[torch.Tensor]):
+    self.chain = chain
+    self.keys = list(keys)
+    self.buffers: list[torch.Tensor] = []
+    self._views: list[dict[str, torch.Tensor]] = []
+
+  def _shape(self, leaf: StateLeaf, i: int, array: torch.Tensor) -> tuple[int, ...]:
+    return _torch_chain.storage_shape(self.chain.tree_leaf[leaf.name, i], array)
+
+  def intact(self, state: dict) -> bool:
+    """Whether ``state`` still holds the views this cohort handed out."""
+    return bool(self._views) and all(
+        state.get(p, {}).get(name) is view for p, views in zip(self.keys, self._views)
+        for name, view in views.items())
+
+  def adopt(self, state: dict, arrays: Sequence[torch.Tensor]) -> None:
+    """Moves the cohort's state from ``state`` into flat buffers and hands out views of them.
+
+    Each per-element leaf is copied into one new buffer (the old tensors are
+    dropped); a shared leaf keeps the first parameter's tensor, held by all.
+    """
+    layout, device = self.chain.layout, arrays[0].device
+    self.buffers, self._views = [], [{} for _ in self.keys]
+    for leaf in self.chain.leaves:
+      if leaf.owner is None:
+        tensor = state[self.keys[0]][leaf.name]
+        self.buffers.append(tensor)
+        for p, views in zip(self.keys, self._views):
+          state[p][leaf.name] = views[leaf.name] = tensor
+        continue
+      flat = torch.zeros(layout.size, dtype=leaf.dtype, device=device)
+      parts = layout.views(flat, [self._shape(leaf, i, a) for i, a in enumerate(arrays)])
+      torch._foreach_copy_(parts, [state[p][leaf.name] for p in self.keys])
+      for i, (p, part) in enumerate(zip(self.keys, parts)):
+        state[p][leaf.name] = part  # the old tensor is freed here
+        self._views[i][leaf.name] = part
+      self.buffers.append(flat)
+
+  def step(self, state: dict, arrays: Sequence[torch.Tensor], hyper: Sequence[torch.Tensor],
+           grads: Sequence[torch.Tensor]) -> None:
+    """One in-place update of the parameters and of their flat state."""
+    if not self.intact(state):
+      self.adopt(state, arrays)
+    layout = self.chain.layout
+    run = self.chain.runner(arrays[0].device, layout.packed)
+    flat_grads = grads[0].reshape(-1) if layout.packed else layout.segments(grads)
+    args = [*hyper, flat_grads, *self.buffers]
+    if self.chain.tree.needs_params:
+      args.append(layout.segments(arrays))
+    update = run(*args)[0]
+    if layout.packed:
+      arrays[0].add_(update.view(arrays[0].shape))
+    else:
+      torch._foreach_add_(list(arrays), layout.views(update, [a.shape for a in arrays]))
