@@ -11,6 +11,7 @@ lives in ``optimizer.state[p]``, one dict of tensors per parameter. See
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -510,6 +511,7 @@ class Optimizer(torch.optim.Optimizer):
             f'this chain uses {sorted(chain.unsupported)}, which the torch lowering lacks; '
             'it cannot run inside torch.compile.')
       return False
+    _check_jax_backend(chain, self._executor)
     if chain.unsupported:
       message = ', '.join(sorted(chain.unsupported))
       if message not in self._warned:
@@ -527,9 +529,10 @@ class Optimizer(torch.optim.Optimizer):
     """The state of a param group as the optax state pytree the chain works on.
 
     Leaves are JAX arrays that share memory with ``optimizer.state`` through
-    dlpack where XLA accepts the buffer. All parameters of the group must
-    have stepped together (one cohort); parameters are the dict
-    ``{'000000': p0, ...}`` in group order.
+    dlpack where XLA accepts the buffer; on a device JAX has no backend for
+    (CUDA with the CPU-only jaxlib the package installs) they are copies in
+    host memory. All parameters of the group must have stepped together (one
+    cohort); parameters are the dict ``{'000000': p0, ...}`` in group order.
 
     Raises:
       ValueError: if the group's parameters have not all stepped together.
@@ -542,10 +545,12 @@ class Optimizer(torch.optim.Optimizer):
     traced, static = self._hyperparameters(group_index)
     chain = self._chain(tuple(sorted(traced)), static, [_as_real(p) for p in params])
     leaves = []
+    shared = _jax_runs_on(params[0].device)
     for leaf in chain.state:
       owner = params[0 if leaf.owner is None else leaf.owner]
+      tensor = self.state[owner][leaf.name].view(leaf.shape)
       with _torch_chain.x64_scope(params[0].dtype):
-        leaves.append(jax.dlpack.from_dlpack(self.state[owner][leaf.name].view(leaf.shape)))
+        leaves.append(jax.dlpack.from_dlpack(tensor if shared else tensor.to('cpu', copy=True)))
     return jax.tree.unflatten(chain.update.in_tree.children()[2], leaves)
 
   def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -631,6 +636,50 @@ class Optimizer(torch.optim.Optimizer):
         raise ValueError(
             f"state_dict's param_groups[{index}] lacks {missing}: is it the state dict of "
             f'another optimizer? {type(self).__name__} groups hold {sorted(required)}.')
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_runs_on(device: torch.device) -> bool:
+  """Whether the installed jaxlib has a backend for tensors on ``device``.
+
+  The package installs a CPU-only jaxlib; CUDA needs ``jax[cuda12]``. torch's
+  ``cuda`` is JAX's ``gpu`` platform (CUDA or ROCm).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if device.type == 'cpu':
+    return True
+  try:
+    return bool(jax.devices({'cuda': 'gpu'}.get(device.type, device.type)))
+  except RuntimeError:  # "Unknown backend"
+    return False
+
+
+def _check_jax_backend(chain: LoweredChain, executor: str) -> None:
+  """Raises where a step would need the JAX runtime on a device it has no backend for.
+
+  Args:
+    chain: the lowered chain about to step (its device).
+    executor: the optimizer's executor.
+
+  Raises:
+    NotImplementedError: naming the primitives, for a chain the lowering
+      lacks primitives of (elsewhere it falls back to the JAX runtime).
+    RuntimeError: for ``executor='jax'``, saying what to install.
+  """
+  if _jax_runs_on(chain.device):
+    return
+  device = chain.device.type
+  if chain.unsupported:
+    raise NotImplementedError(
+        f'this chain uses the JAX primitive(s) {", ".join(sorted(chain.unsupported))}, which '
+        f'the torch lowering lacks, and the installed jaxlib has no {device} backend to run '
+        f'it on instead: keep these parameters on the CPU, or install a jaxlib for {device} '
+        '(for CUDA: pip install -U "jax[cuda12]").')
+  if executor == 'jax':
+    raise RuntimeError(
+        f"executor='jax' runs the chain on the JAX runtime, and the installed jaxlib has no "
+        f'{device} backend: install one (for CUDA: pip install -U "jax[cuda12]"), or use '
+        "executor='torch' (or 'auto'), which runs the lowered program on any device.")
 
 
 def _as_real(tensor: torch.Tensor) -> torch.Tensor:
