@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from expectigrad.cli import bench, demo
+from expectigrad.cli import bench, demo, reddi
 from expectigrad.cli import frameworks as frameworks_lib
 from expectigrad.cli.main import build_parser, main
 from expectigrad.cli.task import BATCH_SIZE, make_task
@@ -76,8 +76,12 @@ def test_mnist1d_is_generated_without_network(monkeypatch):
   assert set(np.unique(task.y_train).tolist()) == set(range(10))
 
 
-def test_reddi_command_sends_adam_to_the_worst_point(tmp_path):
+def test_reddi_command_sends_adam_to_the_worst_point(tmp_path, capsys):
   assert main(['reddi', '--out', str(tmp_path)]) == 0
+  # The output and the help say which Adam fails: the hyperparameters it runs with.
+  setting = f'b1={reddi.ADAM_B1:g}, b2={reddi.ADAM_B2:g}'
+  assert setting == 'b1=0, b2=0.1' and setting in capsys.readouterr().out
+  assert setting in ' '.join(build_parser()[1]['reddi'].format_help().split())
   assert (tmp_path / 'reddi.png').read_bytes().startswith(PNG_MAGIC)
   final = {name: float(x) for name, x in read_table(tmp_path / 'reddi.md')}
   np.testing.assert_allclose([final['adam'], final['expectigrad']], [1.0, -1.0], atol=1e-2)
@@ -95,6 +99,8 @@ def test_reddi_command_sends_adam_to_the_worst_point(tmp_path):
     (['bench', '--size', 'W9'], '--size'),
     (['bench', '--rounds', '0'], '--rounds'),
     (['bench', '--framework', 'jax2'], '--framework'),
+    (['--bogus'], 'unrecognized arguments: --bogus'),
+    (['--bogus', 'demo'], 'unrecognized arguments: --bogus'),
 ])
 def test_bad_flags_exit_2_with_a_message(argv, complaint, capsys):
   with pytest.raises(SystemExit) as exit_info:
@@ -114,6 +120,13 @@ def test_bad_flags_exit_2_with_a_message(argv, complaint, capsys):
     (['reddi', '--steps', 'many'], '--steps', '>= 1'),
     (['bench', '--rounds', '0'], '--rounds', '>= 1'),
     (['bench', '--rounds', '2.5'], '--rounds', '>= 1'),
+    # Huge counts: each bound gives its reason, before any work (no overflow, allocation or hours).
+    (['reddi', '--steps', '3000000000'], '--steps', '<= 10000000 (x is kept for every round'),
+    (['reddi', '--steps', '99999999999999999999'], '--steps', '<= 10000000 ('),
+    (['reddi', '--steps', '2147483647'], '--steps', '<= 10000000 ('),
+    (['demo', '--steps', '99999999999999999999'], '--steps', "<= 100000 (every step's batch"),
+    (['demo', '--steps', '3000000000'], '--steps', '<= 100000 ('),
+    (['bench', '--rounds', '1000000'], '--rounds', '<= 1000 (each round times'),
 ])
 def test_bad_values_are_one_error_line_naming_the_flag_and_range(argv, flag, accepted, capsys):
   """argparse rejects them before any work: usage, then one line, status 2, no traceback."""
@@ -125,6 +138,13 @@ def test_bad_values_are_one_error_line_naming_the_flag_and_range(argv, flag, acc
   assert last.startswith(f'expectigrad {argv[0]}: error: argument {flag}: '), last
   assert accepted in last and repr(argv[-1]) in last
   assert err.startswith('usage: ') and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('argv', [['demo', '--steps', '100000'], ['reddi', '--steps', '10000000'],
+                                  ['bench', '--rounds', '1000']])
+def test_count_bounds_are_accepted(argv):
+  parser, _ = build_parser()
+  assert vars(parser.parse_args(argv))[argv[1].lstrip('-')] == int(argv[2])
 
 
 @pytest.mark.parametrize('seed', ['0', '4294967295'])
@@ -145,6 +165,49 @@ def test_output_path_that_is_a_file_is_reported(tmp_path, capsys):
   blocker.write_text('')
   assert main(['reddi', '--out', str(blocker / 'sub')]) == 2
   assert error_line(capsys).startswith('expectigrad reddi: error: --out ')
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+  """An existing folder no file can be created in (read-only, or /sys where root ignores modes)."""
+  folder = tmp_path / 'read-only'
+  folder.mkdir()
+  folder.chmod(0o555)
+  for candidate in (folder, pathlib.Path('/sys')):
+    try:
+      (candidate / 'probe').touch()
+      (candidate / 'probe').unlink()
+    except OSError:
+      yield candidate
+      break
+  else:
+    pytest.skip('no unwritable folder here')
+  folder.chmod(0o755)
+
+
+def _must_not_run(*args, **kwargs):
+  raise AssertionError('the experiment ran before the output folder was checked')
+
+
+@pytest.mark.parametrize('argv, target', [
+    (['reddi'], 'expectigrad.cli.reddi.trajectory'),
+    (['demo', '--steps', '1'], 'expectigrad.cli.main.run_demo'),
+    (['reproduce', '--only', 'reddi-sweep'], 'expectigrad.cli.reproduce.run_reproduce'),
+])
+def test_unwritable_output_folder_is_one_error_line_before_any_work(argv, target, unwritable_dir,
+                                                                     monkeypatch, capsys):
+  monkeypatch.setattr(target, _must_not_run)
+  assert main([*argv, '--out', str(unwritable_dir)]) == 2
+  assert error_line(capsys).startswith(f'expectigrad {argv[0]}: error: --out ')
+
+
+def test_top_level_help_describes_every_command():
+  parser, commands = build_parser()
+  assert 'demos and benchmarks' not in parser.description
+  for phrase in ("reproduce the paper's claims", 'demo', "Reddi et al.'s problem", 'time the optimizer'):
+    assert phrase in parser.description
+  assert set(commands) == {'demo', 'reddi', 'bench', 'reproduce'}
+  assert all(name in parser.format_help() for name in commands)
 
 
 def block_import(monkeypatch, framework, module):

@@ -75,3 +75,10 @@ def test_code_block_runs_as_written(block, tmp_path):
   assert result.returncode == 0, (
       f'{block.page.name}:{block.line} failed:\n{block.body}\n--- stdout\n{result.stdout[-3000:]}'
       f'\n--- stderr\n{result.stderr[-3000:]}')
+
+
+def test_readme_keras_block_says_load_model_needs_the_module_imported():
+  """Keras imports only its own packages while loading (tests/test_keras.py shows the failure)."""
+  block = next(b for b in _blocks(ROOT / 'README.md') if 'tensorflow2.Expectigrad(' in b.body)
+  assert 'keras.models.load_model(' in block.body
+  assert 'keras.models.load_model needs `import expectigrad.tensorflow2` first' in block.body

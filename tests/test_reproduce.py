@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import pathlib
 import socket
 
 import jax
@@ -11,10 +12,11 @@ import pytest
 
 from expectigrad.cli import reddi, reproduce
 from expectigrad.cli.frameworks import jax_mlp
-from expectigrad.cli.main import EXPERIMENT_NAMES, main
+from expectigrad.cli.main import EXPERIMENT_NAMES, build_parser, main
 from expectigrad.cli.reproduce import ablations, lr_robustness, mlp_grid, online, reddi_sweep
 from expectigrad.cli.task import make_task
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # A few seconds per experiment; C = 10 with the paper's beta2 = 1/101 is where Adam fails.
 TINY = reproduce.Config(reddi_cs=(3.0, 10.0), reddi_beta2s=(0.1, 0.999), reddi_steps=3000,
@@ -250,6 +252,22 @@ def test_missing_dataset_module_is_named_only_when_needed(tmp_path, monkeypatch,
   line = error_line(capsys)
   assert line.startswith('expectigrad reproduce: error: mnist1d') and '".[demo]"' in line
   assert not list(tmp_path.iterdir())   # reported before any work
+
+
+def test_full_help_gives_the_configured_sizes():
+  _, commands = build_parser()
+  text = ' '.join(commands['reproduce'].format_help().split())
+  assert f'{reproduce.FULL.seeds} seeds' in text
+
+
+def test_docs_mnist1d_table_is_what_the_default_run_prints():
+  """docs/cli.md quotes the default run (seed 0): its MNIST-1D summary must not drift from the code."""
+  config = dataclasses.replace(reproduce.DEFAULT, datasets=('mnist1d',))
+  context = reproduce.Context(config, seed=0, progress=False)
+  grids = mlp_grid.run_grids(context, lr_robustness.OPTIMIZERS, 'learning-rate grid')
+  table = mlp_grid.summary_table(grids['mnist1d'])
+  docs = (ROOT / 'docs' / 'cli.md').read_text()
+  assert table in docs, f'docs/cli.md should quote the run:\n{table}'
 
 
 def test_python_api_rejects_bad_values():

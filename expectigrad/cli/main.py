@@ -16,7 +16,8 @@ import argparse
 import importlib.util
 import pathlib
 import sys
-from typing import Sequence
+import tempfile
+from typing import Callable, Sequence
 
 from expectigrad.cli import frameworks as frameworks_lib
 from expectigrad.cli.demo import DEFAULT_STEPS, run_demo
@@ -25,19 +26,36 @@ from expectigrad.cli.task import DATASETS
 
 
 SEED_LIMIT = 2**32   # numpy's generators take seeds in [0, 2**32)
+# Upper bounds of the counts, each with the reason the error message gives.
+DEMO_STEP_LIMIT = (100_000, "every step's batch indices are drawn up front, 512 bytes a step, "
+                            'and each optimizer then runs every step in a Python loop')
+REDDI_STEP_LIMIT = (10_000_000, 'x is kept for every round and plotted, 4 bytes a round and optimizer')
+ROUND_LIMIT = (1000, 'each round times every workload; the scripts default to a few')
 # The experiments of ``expectigrad reproduce`` (its ``--only`` choices), in the
 # order they run; here so that parsing does not import JAX.
 EXPERIMENT_NAMES = ('reddi-sweep', 'online', 'lr-robustness', 'ablations')
+FULL_SEEDS = 8  # seeds of ``reproduce --full`` (reproduce.FULL.seeds), for its help
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {text!r}')
-  return value
+def _count(limit: tuple[int, str]) -> Callable[[str], int]:
+  """An argparse type for an integer from 1 to ``limit[0]``, whose error gives the reason ``limit[1]``.
+
+  The bound is checked while parsing, before any work: a huge count would
+  otherwise overflow, exhaust memory or run for hours.
+  """
+  upper, why = limit
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = 0
+    if not 1 <= value <= upper:
+      raise argparse.ArgumentTypeError(
+          f'must be an integer >= 1 and <= {upper} ({why}), got {text!r}')
+    return value
+
+  return parse
 
 
 def _seed(text: str) -> int:
@@ -64,9 +82,16 @@ def _require_demo_extra(*modules: str) -> None:
 
 
 def _output_dir(path: pathlib.Path) -> pathlib.Path:
-  """Creates ``path`` if needed, before any minutes are spent training."""
+  """Creates ``path`` if needed and writes a file there, before any minutes are spent training.
+
+  Raises:
+    UsageError: if the folder cannot be created or written to (a read-only
+      folder would otherwise fail only after the experiment has run).
+  """
   try:
     path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
   except OSError as error:
     raise UsageError(f'--out {str(path)!r} cannot be used as an output directory: {error.strerror}') from error
   return path
@@ -84,7 +109,8 @@ def _reddi(args: argparse.Namespace) -> None:
   _require_demo_extra('matplotlib')
   out = _output_dir(args.out)
   trajectories = {name: reddi.trajectory(opt, args.steps) for name, opt in reddi.optimizers().items()}
-  title = 'Reddi et al. (2018) online problem: optimum x = -1, worst point x = +1'
+  title = (f'Reddi et al. (2018) online problem: optimum x = -1, worst point x = +1 '
+           f'(Adam with b1={reddi.ADAM_B1:g}, b2={reddi.ADAM_B2:g}; Expectigrad with its defaults)')
   table = tables.markdown_table(['optimizer', f'x after {args.steps} steps'],
                                 [[name, f'{xs[-1]:+.4f}'] for name, xs in trajectories.items()],
                                 numeric=[False, True])
@@ -120,8 +146,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
   """The top-level parser and the subcommand parsers by name."""
   parser = argparse.ArgumentParser(
       prog='expectigrad',
-      description='Expectigrad (Daley & Amato, arXiv:2010.01356): demos and benchmarks.')
-  commands = parser.add_subparsers(dest='command', required=True, metavar='{demo,reddi,bench,reproduce}')
+      description="Expectigrad (Daley & Amato, arXiv:2010.01356) from the command line: reproduce the "
+                  "paper's claims, train a demo MLP against Adam, AMSGrad and SGD, run Reddi et al.'s "
+                  'problem, or time the optimizer steps.')
+  # Not required here: main() reports unknown flags before a missing command.
+  commands = parser.add_subparsers(dest='command', metavar='{demo,reddi,bench,reproduce}')
 
   demo = commands.add_parser(
       'demo', help='train a small MLP with Expectigrad, Adam, AMSGrad and SGD+momentum',
@@ -131,8 +160,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                     help="'all' runs every installed framework (default: jax)")
   demo.add_argument('--dataset', choices=DATASETS, default='digits',
                     help="scikit-learn's bundled digits, or MNIST-1D generated offline (default: digits)")
-  demo.add_argument('--steps', type=_positive_int, default=DEFAULT_STEPS, metavar='N',
-                    help=f'training steps per optimizer (default: {DEFAULT_STEPS})')
+  demo.add_argument('--steps', type=_count(DEMO_STEP_LIMIT), default=DEFAULT_STEPS, metavar='N',
+                    help=f'training steps per optimizer, at most {DEMO_STEP_LIMIT[0]} (default: {DEFAULT_STEPS})')
   demo.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'), metavar='DIR',
                     help='directory for the PNG and the table (default: ./expectigrad-out)')
   demo.add_argument('--seed', type=_seed, default=0, metavar='S',
@@ -140,10 +169,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
   demo.add_argument('--no-progress', action='store_true', help='hide the progress bar')
 
   reddi = commands.add_parser(
-      'reddi', help="Reddi et al.'s problem: Adam goes to the worst point, Expectigrad to the optimum",
-      description='The online problem of Reddi et al. (2018) on which Adam converges to the worst '
-                  'point x = +1; Expectigrad converges to the optimum x = -1. Writes a PNG of x over t.')
-  reddi.add_argument('--steps', type=_positive_int, default=3000, metavar='N', help='online rounds (default: 3000)')
+      'reddi', help="Reddi et al.'s problem: Adam (b1=0, b2=0.1) goes to the worst point, "
+                    'Expectigrad to the optimum',
+      description='The online problem of Reddi et al. (2018) on which Adam with b1=0, b2=0.1 (the '
+                  "paper's failing setting) converges to the worst point x = +1; Expectigrad, with its "
+                  'defaults, converges to the optimum x = -1. Both step 0.5/sqrt(t). Writes a PNG of x '
+                  'over t.')
+  reddi.add_argument('--steps', type=_count(REDDI_STEP_LIMIT), default=3000, metavar='N',
+                     help=f'online rounds, at most {REDDI_STEP_LIMIT[0]} (default: 3000)')
   reddi.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out'), metavar='DIR',
                      help='directory for the PNG and the table (default: ./expectigrad-out)')
 
@@ -155,8 +188,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="'tf' times TF1 and Keras; 'all' skips what is not installed (default: all)")
   bench.add_argument('--size', nargs='+', default=['W1', 'W2'], metavar='WORKLOAD',
                      help='W1: one 16.8M-element tensor; W2: ResNet-18 shapes (default: W1 W2)')
-  bench.add_argument('--rounds', type=_positive_int, default=None, metavar='N',
-                     help="interleaved timing rounds (default: each script's own)")
+  bench.add_argument('--rounds', type=_count(ROUND_LIMIT), default=None, metavar='N',
+                     help=f"interleaved timing rounds, at most {ROUND_LIMIT[0]} (default: each script's own)")
   reproduce = commands.add_parser(
       'reproduce', help="the paper's claims, reproduced in minutes on a CPU: PNG figures and results.md",
       description="Reruns the paper's claims in JAX: Reddi et al.'s section 3 problem swept over C and beta2, "
@@ -164,7 +197,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                   'rate on digits and MNIST-1D, and the ablation grid. Writes one PNG per experiment and '
                   'results.md (every number from this run); the default sizes take a few minutes on 2 CPU cores.')
   reproduce.add_argument('--full', action='store_true',
-                         help='longer runs: more rounds and steps, 5 seeds, a finer learning-rate grid')
+                         help=f'longer runs: more rounds and steps, {FULL_SEEDS} seeds, a finer '
+                              'learning-rate grid')
   reproduce.add_argument('--only', nargs='+', choices=EXPERIMENT_NAMES, metavar='EXPERIMENT',
                          help=f'run only these, from {", ".join(EXPERIMENT_NAMES)} (default: all)')
   reproduce.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out/reproduce'),
@@ -188,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exits with 2 itself on bad flags).
   """
   parser, subparsers = build_parser()
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  if unknown:  # named even without a command: `expectigrad --bogus`
+    parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+  if args.command is None:
+    parser.error('the following arguments are required: {demo,reddi,bench,reproduce}')
   try:
     if args.command == 'demo':
       _demo(args)
