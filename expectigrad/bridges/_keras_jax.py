@@ -56,8 +56,9 @@ class Chain:
     with _conventions.x64_scope(self._dtypes):
       return self._init([_value(v) for v in variables])
 
-  def step(self, params, state, gradients, learning_rate, frozen, assign) -> None:
+  def step(self, params, state, gradients, learning_rate, frozen, assign, in_place) -> None:
     """One step: reads the values, runs the chain, writes through ``assign``."""
+    del in_place  # every write goes through assign on this backend
     with _conventions.x64_scope(self._dtypes):
       learning_rate = jnp.asarray(learning_rate).astype(self._hyper_dtype)
       new_params, new_state = self._update(

@@ -72,8 +72,9 @@ class Chain:
   def init(self, variables: Sequence[Any]) -> list[tf.Tensor]:
     return self._converted.init([tf.convert_to_tensor(_tensor_variable(v)) for v in variables])
 
-  def step(self, params, state, gradients, learning_rate, frozen, assign) -> None:
+  def step(self, params, state, gradients, learning_rate, frozen, assign, in_place) -> None:
     """One step on one device's variables, written through ``assign``."""
+    del in_place  # every write goes through assign on this backend
     if self._step is None:  # one optimizer per chain: its assign is traced into the step
       self._step = self._converted.assigning_step(assign)
     self._step(list(params), list(state), list(gradients),

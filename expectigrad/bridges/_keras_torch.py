@@ -1,34 +1,37 @@
-"""The Keras bridge on ``KERAS_BACKEND=torch``: the chain lowered to torch operations.
+"""The Keras bridge on ``KERAS_BACKEND=torch``: the torch optimizer's executor, over Keras variables.
 
-The chain's ``init`` and ``update`` are traced once with JAX for the
-variables' shapes and dtypes and lowered by :mod:`expectigrad.jax2torch`
-(as the torch optimizer does). Where a step runs follows the torch bridge's
-``executor='auto'``: on a GPU, and inside ``torch.compile`` (Keras's
-``jit_compile=True`` compiles the train step, and Inductor fuses the
-update), the lowered torch program runs; eagerly on CPU, where that program
-runs one pass over memory per operation, the same traced update runs on the
-JAX runtime, the tensors crossing through dlpack (the torch optimizer's CPU
-default, for the same reason). The new values are written through the
-optimizer's ``assign``.
+The chain is lowered once by the torch bridge's :class:`~._torch_chain.LoweredChain`
+for the variables' names, shapes and dtypes, and steps exactly as the torch
+optimizer's do, under the same rule (:func:`expectigrad.bridges.torch.runs_in_jax`):
+
+- an elementwise chain keeps its state in flat buffers (the Keras state
+  variables hold views of them) and runs each primitive once over them, in
+  place (:mod:`._torch_flat`), as Keras's own torch optimizers write in place;
+- eagerly on CPU, the traced update runs on the JAX runtime, tensors crossing
+  through dlpack (the torch optimizer's CPU default);
+- otherwise (inside ``torch.compile``, which Keras's ``jit_compile=True``
+  uses; variables without a gradient; a chain that is not elementwise) the
+  lowered program runs over the variables and the new values are written.
+
+Writes go through the optimizer's ``assign`` where a subclass or a caller
+replaced it (Keras's contract that every write is visible there); with
+Keras's own ``assign``, which copies into the variable's tensor, they are
+made in place.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import keras
 import torch
 
-from expectigrad import jax2torch
-from expectigrad.bridges import _conventions
+from expectigrad.bridges import _conventions, _torch_flat
+from expectigrad.bridges import torch as torch_bridge
 from expectigrad.bridges._keras_one_device import device_of, gradient_shape, local  # noqa: F401
+from expectigrad.bridges._torch_chain import LoweredChain
 
-
-# What runs eager steps on CPU: 'jax' (the traced update on the JAX runtime,
-# as the torch optimizer's CPU default) or 'torch' (the lowered program).
-CPU_DEFAULT = 'jax'
+HYPER_NAMES = ('learning_rate',)
 
 
 def initialising():
@@ -51,78 +54,95 @@ def zeros_like(variable: Any) -> torch.Tensor:
 
 
 class Chain:
-  """The chain lowered to torch for the Keras variables' names, shapes and dtypes.
-
-  Raises:
-    NotImplementedError: if the chain uses a JAX primitive the lowering lacks.
-  """
+  """The chain lowered to torch for the Keras variables' names, shapes and dtypes."""
 
   def __init__(self, transform: _conventions.TransformOrFactory, names: Sequence[str],
                shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]):
-    self._dtypes = list(dtypes)
-    self._hyper_dtype = getattr(torch, _conventions.hyper_dtype(dtypes))
-    self._device: torch.device | None = None
-    with _conventions.x64_scope(self._dtypes):
-      hyper = jax.ShapeDtypeStruct((), jnp.dtype(_conventions.hyper_dtype(dtypes)))
-      specs = [jax.ShapeDtypeStruct(tuple(s), jnp.dtype(d)) for s, d in zip(shapes, dtypes)]
-      self._chain = _conventions.ListChain(transform, _conventions.unique_keys(list(names)), specs)
-      state = jax.tree.leaves(self._chain.state_shape)
-      self._init = jax2torch.lower(self._chain.init, specs)
-      self._update = jax2torch.lower(self._chain.update, specs, specs, state, hyper)
-    self._jitted_update = jax.jit(self._chain.update)
-    self.leaves = _conventions.named_leaves(self._chain.state_shape, self._chain.keys)
-    unsupported = self._init.unsupported | self._update.unsupported
-    if unsupported:
-      raise NotImplementedError(
-          f'this chain uses {sorted(unsupported)}, which the torch lowering lacks; '
-          'use it with KERAS_BACKEND=jax or tensorflow.')
+    keys = _conventions.unique_keys(list(names))
+    make = lambda hyper: _conventions.make_transform(transform, hyper)
+    self._lowered = LoweredChain(make, HYPER_NAMES, [tuple(s) for s in shapes],
+                                 [getattr(torch, d) for d in dtypes], None, keys=keys)
+    self.leaves = _conventions.named_leaves(self._lowered.state_shape, keys)
+    self._flat: _torch_flat.Cohort | None = None
+    same = len(set(dtypes)) == 1 and bool(shapes)
+    flat = _torch_flat.FlatChain(make, HYPER_NAMES, self._lowered,
+                                 _torch_flat.Layout([int(torch.Size(s).numel()) for s in shapes]),
+                                 getattr(torch, dtypes[0])) if same else None
+    self._flat_chain = flat if flat is not None and flat.usable else None
+    self._warned: set[str] = set()
 
   def _place(self, device: torch.device) -> None:
-    if self._device != device:
-      self._init.place(device)
-      self._update.place(device)
-      self._device = device
+    if self._lowered.device != device:
+      self._lowered.place(device)
 
-  def _runs_in_jax(self, device: torch.device) -> bool:
-    return (device.type == 'cpu' and CPU_DEFAULT == 'jax'
-            and not torch.compiler.is_compiling())
-
-  def _run_in_jax(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The traced update on the JAX runtime: zero-copy through dlpack where XLA accepts the buffer."""
-    with _conventions.x64_scope(self._dtypes):
-      leaves = [jax.dlpack.from_dlpack(a.contiguous()) for a in args]
-      params, gradients, state, rate = jax.tree.unflatten(self._update.in_tree, leaves)
-      outputs = self._jitted_update(params, gradients, state, rate)
-      return [torch.from_dlpack(x) for x in jax.tree.leaves(outputs)]
+  def _rate(self, learning_rate: Any, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(_value(learning_rate)).detach().to(
+        device=device, dtype=self._lowered.hyper_dtype)
 
   def init(self, variables: Sequence[Any]) -> list[torch.Tensor]:
+    """The initial state; flat (views of one buffer per leaf) for an elementwise chain."""
     values = [_value(v).detach() for v in variables]
     device = values[0].device if values else torch.device('cpu')
     self._place(device)
     with torch.no_grad():
+      results = self._lowered.init(self._rate(1.0, device), *values)
       # Fresh storage: the program may return broadcast views of constants.
-      return [_as_tensor(x, leaf.shape, leaf.dtype, device).clone(memory_format=torch.contiguous_format)
-              for x, leaf in zip(self._init(*values), self.leaves)]
+      state = [_as_tensor(x, leaf.shape, leaf.dtype, device).clone(
+          memory_format=torch.contiguous_format) for x, leaf in zip(results, self.leaves)]
+      if self._flat_chain is None:
+        return state
+      self._flat = _torch_flat.Cohort(self._flat_chain)
+      # Keras keeps a torch.nn.Parameter it is given as the variable's tensor,
+      # so the variables hold the views themselves.
+      return self._flat.adopt(state, values, wrap=lambda t: torch.nn.Parameter(
+          t, requires_grad=False))
 
-  def step(self, params, state, gradients, learning_rate, frozen, assign) -> None:
-    """One step: runs the lowered update on the variables' tensors, writes through ``assign``."""
+  def step(self, params, state, gradients, learning_rate, frozen, assign, in_place) -> None:
+    """One step of the chain over the variables (see the module docstring).
+
+    Args:
+      params, state: the Keras variables and the state variables.
+      gradients: one dense gradient per variable (zeros where ``frozen``).
+      learning_rate: the current learning rate.
+      frozen: positions of variables without a gradient (values and state kept).
+      assign: the optimizer's ``assign``.
+      in_place: whether ``assign`` is Keras's own (writes may be made in place).
+    """
     with torch.no_grad():
       values = [_value(v).detach() for v in params]
       device = values[0].device
       self._place(device)
-      rate = torch.as_tensor(_value(learning_rate)).detach().to(device=device, dtype=self._hyper_dtype)
-      args = [*values, *[g.detach() for g in gradients], *[_value(v).detach() for v in state], rate]
-      if self._runs_in_jax(device):
-        outputs = self._run_in_jax(args)
+      rate = self._rate(learning_rate, device)
+      grads = [g.detach() for g in gradients]
+      current = [_value(v).detach() for v in state]
+      in_jax = torch_bridge.runs_in_jax(self._lowered, 'auto', self._warned)
+      if (self._flat is not None and in_place and not frozen and not in_jax
+          and not torch.compiler.is_compiling() and self._flat.intact([_value(v) for v in state])):
+        self._flat.step(values, [rate], grads)
+        return
+      args = [rate, *grads, *current, *(values if self._lowered.needs_params else [])]
+      if in_jax:
+        outputs = self._lowered.run_in_jax(args)
       else:
-        outputs = self._update(*args)
-      new_params, new_state = outputs[:len(params)], outputs[len(params):]
-      for i, (variable, value) in enumerate(zip(params, new_params)):
+        outputs = self._lowered.update(*args)
+      n = len(params)
+      updates = [_as_tensor(u, tuple(v.shape), None, device) for u, v in zip(outputs[:n], values)]
+      new_state = [_as_tensor(x, leaf.shape, leaf.dtype, device)
+                   for x, leaf in zip(outputs[n:], self.leaves)]
+      if in_place and not frozen:
+        torch._foreach_add_(values, updates)
+        if torch.compiler.is_compiling():  # see LoweredChain.step: Inductor and _foreach_copy_
+          for target, source in zip(current, new_state):
+            target.copy_(source)
+        else:
+          torch._foreach_copy_(current, new_state)
+        return
+      for i, (variable, value, update) in enumerate(zip(params, values, updates)):
         if i not in frozen:
-          assign(variable, _as_tensor(value, tuple(variable.shape), None, device))
+          assign(variable, value + update)
       for leaf, variable, value in zip(self.leaves, state, new_state):
         if leaf.owner not in frozen:
-          assign(variable, _as_tensor(value, leaf.shape, leaf.dtype, device))
+          assign(variable, value)
 
 
 def _as_tensor(value: Any, shape: tuple, dtype: str | None, device: torch.device) -> torch.Tensor:

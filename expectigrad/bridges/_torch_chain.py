@@ -43,11 +43,6 @@ def jax_dtype(dtype: torch.dtype) -> np.dtype:
   return jax.numpy.dtype(str(dtype).removeprefix('torch.'))
 
 
-def hyper_dtype(param_dtype: torch.dtype) -> torch.dtype:
-  """Traced hyperparameters are float64 for float64 parameters, else float32 (see _conventions)."""
-  return getattr(torch, _conventions.hyper_dtype([param_dtype]))
-
-
 class StateLeaf(NamedTuple):
   """One leaf of the lowered chain's state.
 
@@ -63,13 +58,13 @@ class StateLeaf(NamedTuple):
   dtype: torch.dtype
 
 
-def describe_state(state_shape: Any, n_params: int) -> list[StateLeaf]:
-  """One :class:`StateLeaf` per leaf of a state traced over ``n_params`` keyed parameters.
+def describe_state(state_shape: Any, keys: Sequence[str]) -> list[StateLeaf]:
+  """One :class:`StateLeaf` per leaf of a state traced over parameters keyed ``keys``.
 
   Owners and names follow the bridges' one rule (:mod:`._conventions`), with
   chain positions kept: ``'0.sum_of_squares'``, ``'1.momentum'``.
   """
-  leaves = _conventions.describe_state(state_shape, [param_key(i) for i in range(n_params)])
+  leaves = _conventions.describe_state(state_shape, keys)
   return [StateLeaf(name, leaf.owner, leaf.shape, jax2torch.torch_dtype(leaf.dtype))
           for name, leaf in zip(_conventions.leaf_names(leaves, '.'), leaves)]
 
@@ -81,8 +76,11 @@ class LoweredChain:
     make: builds the chain from a dict of traced hyperparameters.
     hyper_names: the names of those hyperparameters (sorted).
     shapes: the parameters' shapes.
-    dtype: the parameters' dtype (one dtype per lowered chain).
-    device: the parameters' device (constants are placed there).
+    dtypes: the parameters' dtypes.
+    device: the parameters' device (constants are placed there; None: at
+      the first :meth:`place`).
+    keys: the dict keys the chain sees the parameters under (default
+      :func:`param_key`); the state's leaves are in the order they give.
 
   Attributes:
     compiled_step: :meth:`step` compiled by Inductor on its first run, from
@@ -91,21 +89,33 @@ class LoweredChain:
     n_params: the number of parameters.
     hyper_names: the traced hyperparameters' names, in the programs' order.
     state: one :class:`StateLeaf` per state leaf, in the programs' order.
+    state_shape: the optax state's tree of ``jax.ShapeDtypeStruct``.
     needs_params: whether ``update`` reads the parameters.
     unsupported: primitives of ``update`` the lowering lacks.
   """
 
   def __init__(self, make: MakeTransform, hyper_names: Sequence[str],
-               shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device):
+               shapes: Sequence[tuple[int, ...]], dtypes: Sequence[torch.dtype],
+               device: torch.device | None, keys: Sequence[str] | None = None):
     self.n_params = len(shapes)
     self.hyper_names = tuple(hyper_names)
-    self.hyper_dtype = hyper_dtype(dtype)
-    with x64_scope(dtype):
+    self._dtypes = list(dtypes)
+    self.hyper_dtype = getattr(torch, _conventions.hyper_dtype(self._dtypes))
+    keys = list(keys) if keys is not None else [param_key(i) for i in range(self.n_params)]
+    with _conventions.x64_scope(self._dtypes):
       hyper = {k: jax.ShapeDtypeStruct((), jax_dtype(self.hyper_dtype)) for k in hyper_names}
-      params = {param_key(i): jax.ShapeDtypeStruct(tuple(s), jax_dtype(dtype))
-                for i, s in enumerate(shapes)}
-      init = lambda h, p: make(h).init(p)
-      update = lambda h, g, s, p: make(h).update(g, s, p)
+      params = [jax.ShapeDtypeStruct(tuple(s), jax_dtype(d)) for s, d in zip(shapes, self._dtypes)]
+      # Parameters, gradients and updates are lists in the parameters' order;
+      # the chain sees dicts under ``keys`` (whose sorted order orders the state).
+      tree = lambda values: None if values is None else dict(zip(keys, values))
+
+      def init(h, p):
+        return make(h).init(tree(p))
+
+      def update(h, g, s, p):
+        updates, new_state = make(h).update(tree(g), s, tree(p))
+        return [updates[k] for k in keys], new_state
+
       state = jax.eval_shape(init, hyper, params)
       try:
         jax.eval_shape(update, hyper, params, state, None)
@@ -116,17 +126,23 @@ class LoweredChain:
       self.update = jax2torch.lower(update, hyper, params, state,
                                     params if self.needs_params else None)
       self._jax_update = jax.jit(update)
-    self._dtype = dtype
     self.device = device
-    self.init.place(device)
-    self.update.place(device)
-    self.state = describe_state(state, self.n_params)
+    if device is not None:
+      self.place(device)
+    self.state_shape = state
+    self.state = describe_state(state, keys)
     self.unsupported = self.init.unsupported | self.update.unsupported
     n, m, k = self.n_params, len(self.state), len(self.hyper_names)
     self.compiled_step = _inductor.CompiledInPlace(
         lambda *flat: self.step(flat[:n], flat[n:n + m], flat[n + m:n + m + k], flat[n + m + k:],
                                 foreach=False),
         n_written=n + m)
+
+  def place(self, device: torch.device) -> None:
+    """Places the programs' constants on ``device`` (see ``jax2torch.Program.place``)."""
+    self.device = device
+    self.init.place(device)
+    self.update.place(device)
 
   def step(self, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
            hyper: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *,
@@ -166,7 +182,7 @@ class LoweredChain:
 
     Tensors cross through dlpack (zero-copy where XLA accepts the buffer).
     """
-    with x64_scope(self._dtype):
+    with _conventions.x64_scope(self._dtypes):
       leaves = [jax.dlpack.from_dlpack(a.detach().contiguous()) for a in args]
       h, g, s, p = jax.tree.unflatten(self.update.in_tree, leaves)
       out = self._jax_update(h, g, s, p)

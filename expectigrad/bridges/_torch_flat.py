@@ -177,7 +177,7 @@ class FlatChain:
           self.hyper_spec, self.vector, self.state_shape, params)
     self.in_tree = jax.tree.structure((self.hyper_spec, self.vector, self.state_shape, params))
     self.out_tree = jax.tree.structure(out_shape)
-    self.leaves = _torch_chain.describe_state(self.state_shape, 1)
+    self.leaves = _torch_chain.describe_state(self.state_shape, [key])
     self.tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
     self.usable = corresponds(tree.state, self.leaves, sum(layout.numels)) and (
         is_elementwise(self.closed))
@@ -203,60 +203,65 @@ class FlatChain:
 
 
 class Cohort:
-  """A cohort's state in flat torch buffers, ``optimizer.state[p]`` holding views of them.
+  """A cohort's state in flat torch buffers, handed out as views, and its in-place step.
+
+  The state is exchanged with the caller as a list of tensors in the order
+  of the tree's state leaves (``chain.tree.state``): per-parameter leaves
+  as views of one flat buffer each, shared leaves (step counts) as they are.
 
   Args:
-    chain: the :class:`FlatChain` of these parameters.
-    keys: the parameters as ``optimizer.state`` keys them.
+    chain: the :class:`FlatChain` of the cohort's parameters.
   """
 
-  def __init__(self, chain: FlatChain, keys: Sequence[torch.Tensor]):
+  def __init__(self, chain: FlatChain):
     self.chain = chain
-    self.keys = list(keys)
-    self.buffers: list[torch.Tensor] = []
-    self._views: list[dict[str, torch.Tensor]] = []
+    self._buffers: list[torch.Tensor] = []  # one per flat leaf
+    self._handed_out: list[torch.Tensor] = []  # in tree order
 
-  def _shape(self, leaf: StateLeaf, i: int, array: torch.Tensor) -> tuple[int, ...]:
-    return _torch_chain.storage_shape(self.chain.tree_leaf[leaf.name, i], array)
+  def intact(self, tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether ``tensors`` are still the ones this cohort handed out."""
+    return len(tensors) == len(self._handed_out) and all(
+        a is b for a, b in zip(tensors, self._handed_out))
 
-  def intact(self, state: dict) -> bool:
-    """Whether ``state`` still holds the views this cohort handed out."""
-    return bool(self._views) and all(
-        state.get(p, {}).get(name) is view for p, views in zip(self.keys, self._views)
-        for name, view in views.items())
+  def adopt(self, tensors: Sequence[torch.Tensor], arrays: Sequence[torch.Tensor],
+            wrap: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> list[torch.Tensor]:
+    """Copies the state ``tensors`` into new flat buffers; returns what to keep instead.
 
-  def adopt(self, state: dict, arrays: Sequence[torch.Tensor]) -> None:
-    """Moves the cohort's state from ``state`` into flat buffers and hands out views of them.
+    Args:
+      tensors: the current state, in tree order.
+      arrays: the parameters as the chain sees them (real views of complex ones).
+      wrap: applied to each view before it is handed out.
 
-    Each per-element leaf is copied into one new buffer (the old tensors are
-    dropped); a shared leaf keeps the first parameter's tensor, held by all.
+    Returns:
+      The views, and the shared leaves' tensors, each wrapped, in tree order.
     """
-    layout, device = self.chain.layout, arrays[0].device
-    self.buffers, self._views = [], [{} for _ in self.keys]
+    layout, tree = self.chain.layout, self.chain.tree.state
+    position = {(leaf.name, leaf.owner): k for k, leaf in enumerate(tree)}
+    handed = list(tensors)
+    self._buffers = []
     for leaf in self.chain.leaves:
       if leaf.owner is None:
-        tensor = state[self.keys[0]][leaf.name]
-        self.buffers.append(tensor)
-        for p, views in zip(self.keys, self._views):
-          state[p][leaf.name] = views[leaf.name] = tensor
+        k = position[leaf.name, None]
+        handed[k] = wrap(tensors[k])
+        self._buffers.append(handed[k])
         continue
-      flat = torch.zeros(layout.size, dtype=leaf.dtype, device=device)
-      parts = layout.views(flat, [self._shape(leaf, i, a) for i, a in enumerate(arrays)])
-      torch._foreach_copy_(parts, [state[p][leaf.name] for p in self.keys])
-      for i, (p, part) in enumerate(zip(self.keys, parts)):
-        state[p][leaf.name] = part  # the old tensor is freed here
-        self._views[i][leaf.name] = part
-      self.buffers.append(flat)
+      flat = torch.zeros(layout.size, dtype=leaf.dtype, device=arrays[0].device)
+      where = [position[leaf.name, i] for i in range(len(arrays))]
+      parts = layout.views(flat, [tuple(tensors[k].shape) for k in where])
+      torch._foreach_copy_(parts, [tensors[k] for k in where])
+      for k, part in zip(where, parts):
+        handed[k] = wrap(part)
+      self._buffers.append(flat)
+    self._handed_out = handed
+    return list(handed)
 
-  def step(self, state: dict, arrays: Sequence[torch.Tensor], hyper: Sequence[torch.Tensor],
+  def step(self, arrays: Sequence[torch.Tensor], hyper: Sequence[torch.Tensor],
            grads: Sequence[torch.Tensor]) -> None:
-    """One in-place update of the parameters and of their flat state."""
-    if not self.intact(state):
-      self.adopt(state, arrays)
+    """One in-place update of the parameters and of the flat state (adopted before)."""
     layout = self.chain.layout
     run = self.chain.runner(arrays[0].device, layout.packed)
     flat_grads = grads[0].reshape(-1) if layout.packed else layout.segments(grads)
-    args = [*hyper, flat_grads, *self.buffers]
+    args = [*hyper, flat_grads, *self._buffers]
     if self.chain.tree.needs_params:
       args.append(layout.segments(arrays))
     update = run(*args)[0]

@@ -89,7 +89,7 @@ class FlatChain:
       state = jax.eval_shape(init, hyper, vector)
       params = vector if tree.needs_params else None
       closed = jax.make_jaxpr(update)(hyper, vector, vector, state, params)
-    self.leaves = _torch_chain.describe_state(state, 1)
+    self.leaves = _torch_chain.describe_state(state, [key])
     self._tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
     self.usable = _torch_flat.corresponds(tree.state, self.leaves, size) and (
         _torch_flat.is_elementwise(closed))

@@ -218,7 +218,16 @@ class Optimizer(keras.optimizers.Optimizer):
         gradients.append(backend.zeros_like(local))
     frozen = tuple(i for i in range(len(params)) if i not in pending)
     state = [backend.local(variable, device) for variable in self._state]
-    self._chain.step(params, state, gradients, learning_rate, frozen, self._assign_through)
+    self._chain.step(params, state, gradients, learning_rate, frozen, self._assign_through,
+                     in_place=self._assign_is_keras_own())
+
+  def _assign_is_keras_own(self) -> bool:
+    """Whether ``assign`` is Keras's (a copy into the variable), not a subclass's or a patch.
+
+    Then a backend may write variables in place, as Keras's own torch
+    optimizers do; otherwise every write goes through :meth:`assign`.
+    """
+    return 'assign' not in vars(self) and type(self).assign is keras.optimizers.Optimizer.assign
 
   def _assign_through(self, target, value) -> None:
     # Looked up at every call, so a patched ``assign`` is seen (Keras's own tests do that).

@@ -146,7 +146,7 @@ class Optimizer(torch.optim.Optimizer):
     """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
     self._lowered: dict[tuple, LoweredChain] = {}
     self._flat_chains: dict[tuple, _torch_flat_jax.FlatChain] = {}
-    self._flat_cohorts: dict[tuple, _torch_flat_jax.Cohort | _torch_flat.Cohort] = {}
+    self._flat_cohorts: dict[tuple, Any] = {}  # JAX or torch flat state, per parameter set
     self._torch_flat_chains: dict[tuple, _torch_flat.FlatChain] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
@@ -288,7 +288,7 @@ class Optimizer(torch.optim.Optimizer):
             'torch.compile: run one optimizer step eagerly first (parameters without a '
             'gradient, or a changed non-numeric hyperparameter, need a new lowering).')
       self._lowered[key] = LoweredChain(self._make(static), hyper_names, shapes,
-                                        params[0].dtype, params[0].device)
+                                        [params[0].dtype] * len(shapes), params[0].device)
     return self._lowered[key]
 
   def _lower_groups(self) -> None:
@@ -450,13 +450,13 @@ class Optimizer(torch.optim.Optimizer):
     if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
       flat = self._flat_chain(chain, tuple(sorted(traced)), static, params)
       if flat.usable:
-        self._flat_cohort(flat, params, _torch_flat_jax.Cohort).step(self.state, traced, grads)
+        self._flat_cohort(flat, params).step(self.state, traced, grads)
         return
     eager = not torch.compiler.is_dynamo_compiling() and not self._compile
     if not in_jax and eager:
       lean = self._torch_flat_chain(chain, tuple(sorted(traced)), static, arrays)
       if lean.usable:
-        self._flat_cohort(lean, params, _torch_flat.Cohort).step(self.state, arrays, hyper, grads)
+        self._lean_cohort(lean, params, arrays).step(arrays, hyper, grads)
         return
     self._share(chain, params)
     targets = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
@@ -472,8 +472,8 @@ class Optimizer(torch.optim.Optimizer):
       chain.step(arrays, targets, hyper, grads, in_jax=in_jax,
                  foreach=not torch.compiler.is_dynamo_compiling())
 
-  def _flat_cohort(self, chain: Any, params: list[torch.Tensor], kind: type) -> Any:
-    """The flat state of these parameters (new if they did not step together before).
+  def _cached_cohort(self, chain: Any, params: list[torch.Tensor], make: Callable[[], Any]) -> Any:
+    """The flat state of these parameters, made by ``make`` if they did not step together before.
 
     A new cohort forgets the cached ones it shares a parameter with, so that
     their buffers are freed once no view of them remains.
@@ -483,7 +483,27 @@ class Optimizer(torch.optim.Optimizer):
     if cohort is None or cohort.chain is not chain:
       for other in [k for k in self._flat_cohorts if set(k) & set(key)]:
         del self._flat_cohorts[other]
-      cohort = self._flat_cohorts[key] = kind(chain, params)
+      cohort = self._flat_cohorts[key] = make()
+    return cohort
+
+  def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
+                   ) -> _torch_flat_jax.Cohort:
+    """The flat JAX state of these parameters (the JAX executor's)."""
+    return self._cached_cohort(flat, params, lambda: _torch_flat_jax.Cohort(flat, params))
+
+  def _lean_cohort(self, lean: _torch_flat.FlatChain, params: list[torch.Tensor],
+                   arrays: list[torch.Tensor]) -> _torch_flat.Cohort:
+    """The flat torch state of these parameters, ``optimizer.state[p]`` holding its views."""
+    cohort = self._cached_cohort(lean, params, lambda: _torch_flat.Cohort(lean))
+    leaves = lean.tree.state
+    held = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
+            for leaf in leaves]
+    shared = all(self.state[p][leaf.name] is tensor for leaf, tensor in zip(leaves, held)
+                 if leaf.owner is None for p in params)
+    if not (shared and cohort.intact(held)):
+      for leaf, tensor in zip(leaves, cohort.adopt(held, arrays)):
+        for p in (params if leaf.owner is None else [params[leaf.owner]]):
+          self.state[p][leaf.name] = tensor
     return cohort
 
   def _flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
@@ -504,24 +524,8 @@ class Optimizer(torch.optim.Optimizer):
     return self._torch_flat_chains[key]
 
   def _runs_in_jax(self, chain: LoweredChain) -> bool:
-    """Whether this step runs on the JAX runtime (see the class docstring)."""
-    if torch.compiler.is_dynamo_compiling():
-      if chain.unsupported:
-        raise NotImplementedError(
-            f'this chain uses {sorted(chain.unsupported)}, which the torch lowering lacks; '
-            'it cannot run inside torch.compile.')
-      return False
-    _check_jax_backend(chain, self._executor)
-    if chain.unsupported:
-      message = ', '.join(sorted(chain.unsupported))
-      if message not in self._warned:
-        self._warned.add(message)
-        warnings.warn(f'no torch lowering for the JAX primitive(s) {message}: this chain '
-                      'runs on the JAX runtime.', RuntimeWarning, stacklevel=4)
-      return True
-    if self._executor == 'auto':
-      return chain.device.type == 'cpu' and CPU_DEFAULT == 'jax' and not self._compile
-    return self._executor == 'jax'
+    """Whether this step runs on the JAX runtime (see the class docstring and :func:`runs_in_jax`)."""
+    return runs_in_jax(chain, self._executor, self._warned, compiled=self._compile)
 
   # -- state dicts ---------------------------------------------------------------------
 
@@ -680,6 +684,46 @@ def _check_jax_backend(chain: LoweredChain, executor: str) -> None:
         f"executor='jax' runs the chain on the JAX runtime, and the installed jaxlib has no "
         f'{device} backend: install one (for CUDA: pip install -U "jax[cuda12]"), or use '
         "executor='torch' (or 'auto'), which runs the lowered program on any device.")
+
+
+def runs_in_jax(chain: LoweredChain, executor: str, warned: set[str], compiled: bool = False
+                ) -> bool:
+  """Whether a step of ``chain`` runs on the JAX runtime: the rule of every torch executor.
+
+  The torch optimizer and Keras on the torch backend both follow it. Inside
+  ``torch.compile`` the lowered program runs. A chain with a primitive the
+  lowering lacks runs on the JAX runtime, with one warning per ``warned``
+  set, where JAX has a backend for its device. ``executor='auto'`` runs
+  CPU parameters on the JAX runtime (``CPU_DEFAULT``) unless compiled.
+
+  Args:
+    chain: the lowered chain about to step.
+    executor: ``'auto'``, ``'torch'`` or ``'jax'``.
+    warned: the messages already warned about (updated).
+    compiled: whether the caller compiles its step (``compile=True``).
+
+  Raises:
+    NotImplementedError: for a chain with primitives the lowering lacks,
+      inside ``torch.compile`` or on a device JAX has no backend for.
+    RuntimeError: for ``executor='jax'`` on a device JAX has no backend for.
+  """
+  if torch.compiler.is_dynamo_compiling():
+    if chain.unsupported:
+      raise NotImplementedError(
+          f'this chain uses {sorted(chain.unsupported)}, which the torch lowering lacks; '
+          'it cannot run inside torch.compile.')
+    return False
+  _check_jax_backend(chain, executor)
+  if chain.unsupported:
+    message = ', '.join(sorted(chain.unsupported))
+    if message not in warned:
+      warned.add(message)
+      warnings.warn(f'no torch lowering for the JAX primitive(s) {message}: this chain '
+                    'runs on the JAX runtime.', RuntimeWarning, stacklevel=5)
+    return True
+  if executor == 'auto':
+    return chain.device.type == 'cpu' and CPU_DEFAULT == 'jax' and not compiled
+  return executor == 'jax'
 
 
 def _as_real(tensor: torch.Tensor) -> torch.Tensor:
