@@ -88,21 +88,6 @@ ZOO: dict[str, Callable[[], Any]] = {
 
 pytestmark = pytest.mark.usefixtures('x64')  # float64 everywhere (tests/conftest.py)
 
-# Bridge bugs these runs found, outside the lowering (strict: a fix makes them fail until removed).
-_FLOAT32_INIT = ('a constant float64 state leaf of init (b1 = 0.9) is created through a float32 '
-                 'tensor (torch.as_tensor(0.9) in torch.Optimizer._init_state): 2.5e-8 off')
-_FLAT_EAGER = "the eager flat in-place executor (executor='torch', a17c6b1) "
-KNOWN_BUGS: dict[tuple[str, bool], str] = {
-    ('contrib.schedule_free_adamw', False): _FLOAT32_INIT,
-    ('contrib.schedule_free_adamw', True): _FLOAT32_INIT,
-    ('contrib.dowg', False): _FLOAT32_INIT,
-    ('contrib.dowg', True): _FLOAT32_INIT,
-    ('adan', False): _FLAT_EAGER + 'raises TypeError in _inplace (_foreach_copy_ gets a list)',
-    ('optimistic_gradient_descent', False): _FLAT_EAGER + 'raises TypeError in _inplace',
-    ('rprop', False): _FLAT_EAGER + 'moves the parameters wrongly (state right, relative error 3)',
-}
-
-
 def _key(i: int) -> str:
   return f'{i:06d}'  # the bridge's keys for a group's parameters, in order
 
@@ -172,9 +157,7 @@ def measure(name: str, compile: bool) -> float:  # pylint: disable=redefined-bui
 
 
 def _cases() -> list:
-  return [pytest.param(name, compile, id=f'{name}-{"compiled" if compile else "eager"}',
-                       marks=[pytest.mark.xfail(reason=KNOWN_BUGS[name, compile], strict=True)]
-                       if (name, compile) in KNOWN_BUGS else [])
+  return [pytest.param(name, compile, id=f'{name}-{"compiled" if compile else "eager"}')
           for name in ZOO for compile in (False, True)]
 
 

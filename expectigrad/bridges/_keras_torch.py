@@ -29,7 +29,7 @@ import torch
 from expectigrad.bridges import _conventions, _torch_flat
 from expectigrad.bridges import torch as torch_bridge
 from expectigrad.bridges._keras_one_device import device_of, gradient_shape, local  # noqa: F401
-from expectigrad.bridges._torch_chain import LoweredChain
+from expectigrad.bridges._torch_chain import LoweredChain, as_result
 
 HYPER_NAMES = ('learning_rate',)
 
@@ -87,7 +87,7 @@ class Chain:
     with torch.no_grad():
       results = self._lowered.init(self._rate(1.0, device), *values)
       # Fresh storage: the program may return broadcast views of constants.
-      state = [_as_tensor(x, leaf.shape, leaf.dtype, device).clone(
+      state = [as_result(x, getattr(torch, leaf.dtype), device, leaf.shape).clone(
           memory_format=torch.contiguous_format) for x, leaf in zip(results, self.leaves)]
       if self._flat_chain is None:
         return state
@@ -126,8 +126,8 @@ class Chain:
       else:
         outputs = self._lowered.update(*args)
       n = len(params)
-      updates = [_as_tensor(u, tuple(v.shape), None, device) for u, v in zip(outputs[:n], values)]
-      new_state = [_as_tensor(x, leaf.shape, leaf.dtype, device)
+      updates = [as_result(u, v.dtype, device, v.shape) for u, v in zip(outputs[:n], values)]
+      new_state = [as_result(x, getattr(torch, leaf.dtype), device, leaf.shape)
                    for x, leaf in zip(outputs[n:], self.leaves)]
       if in_place and not frozen:
         torch._foreach_add_(values, updates)
@@ -143,11 +143,3 @@ class Chain:
       for leaf, variable, value in zip(self.leaves, state, new_state):
         if leaf.owner not in frozen:
           assign(variable, value)
-
-
-def _as_tensor(value: Any, shape: tuple, dtype: str | None, device: torch.device) -> torch.Tensor:
-  """A program result (a tensor, or a Python scalar for a constant) as a tensor of ``shape``."""
-  tensor = torch.as_tensor(value, device=device)
-  if dtype is not None:
-    tensor = tensor.to(getattr(torch, dtype))
-  return tensor.expand(shape) if tuple(tensor.shape) != tuple(shape) else tensor

@@ -165,8 +165,8 @@ class LoweredChain:
     args = [*hyper, *grads, *state_in, *(params if self.needs_params else [])]
     outputs = self.run_in_jax(args) if in_jax else self.update(*args)
     updates, new_state = list(outputs[:len(params)]), outputs[len(params):]
-    sources = [value.reshape(dst.shape) if isinstance(value, torch.Tensor)
-               else torch.as_tensor(value) for dst, value in zip(targets, new_state)]
+    sources = [as_result(value, leaf.dtype, dst.device, leaf.shape).reshape(dst.shape)
+               for dst, value, leaf in zip(targets, new_state, self.state)]
     if foreach:
       torch._foreach_add_(list(params), updates)
       if sources:
@@ -187,6 +187,20 @@ class LoweredChain:
       h, g, s, p = jax.tree.unflatten(self.update.in_tree, leaves)
       out = self._jax_update(h, g, s, p)
       return [torch.from_dlpack(x) for x in jax.tree.leaves(out)]
+
+
+def as_result(value: Any, dtype: torch.dtype | None, device: torch.device,
+              shape: Sequence[int] | None = None) -> torch.Tensor:
+  """A program result (a tensor, or a Python scalar for a constant) as a tensor.
+
+  A Python float becomes ``dtype`` directly: through torch's default
+  float32 a float64 constant such as 0.9 would be rounded. A scalar is
+  expanded to ``shape`` (a view: clone it to own the storage).
+  """
+  tensor = torch.as_tensor(value, dtype=dtype, device=device)
+  if shape is not None and tuple(tensor.shape) != tuple(shape):
+    tensor = tensor.expand(tuple(shape))
+  return tensor
 
 
 def storage_shape(leaf: StateLeaf, param: torch.Tensor) -> tuple[int, ...]:

@@ -367,9 +367,8 @@ class Optimizer(torch.optim.Optimizer):
     for leaf, value in zip(chain.state, values):
       i = 0 if leaf.owner is None else leaf.owner
       p, shape = params[i], _torch_chain.storage_shape(leaf, arrays[i])
-      tensor = torch.as_tensor(value, device=p.device).to(
-          leaf.dtype).expand(leaf.shape).reshape(shape).clone(
-              memory_format=torch.contiguous_format)
+      tensor = _torch_chain.as_result(value, leaf.dtype, p.device, leaf.shape).reshape(
+          shape).clone(memory_format=torch.contiguous_format)
       # A shared leaf (a step count) is one tensor held by every parameter.
       for owner in (params if leaf.owner is None else [p]):
         self.state[owner][leaf.name] = tensor

@@ -77,6 +77,7 @@ class _Node:
   output: int | None  # single-output nodes only; None for multi-output ops
   outputs: list[int]
   fn: Callable[..., Any]
+  aliasing: bool = False  # its result may be its first operand's storage (not writable)
 
 
 def _is_float(dtype: torch.dtype) -> bool:
@@ -99,7 +100,7 @@ class _Builder:
 
   def _simplify(self, graph: Graph) -> list[_Node]:
     nodes = [_Node(op.primitive, list(op.inputs), op.outputs[0] if len(op.outputs) == 1 else None,
-                   list(op.outputs), op.fn) for op in graph.ops]
+                   list(op.outputs), op.fn, _returns_operand(op)) for op in graph.ops]
     rename: dict[int, Any] = {}
     for node in nodes:  # conversions to the dtype a value has: the value itself
       node.inputs = [rename.get(r, r) if not isinstance(r, Literal) else r for r in node.inputs]
@@ -116,6 +117,8 @@ class _Builder:
     for value, dest in self.alias_pairs:
       if not isinstance(value, Literal):
         self.alias_of.setdefault(value, dest)
+    self.destinations = {dest for _, dest in self.alias_pairs}
+    self.first_outputs = {r for r in self.outputs if not isinstance(r, Literal)}
     nodes = [n for n in nodes if n.primitive != 'dead']
     nodes = self._fold_conversions(nodes)
     nodes = self._fold_scalars(nodes)
@@ -268,7 +271,7 @@ class _Builder:
       target, how = self._place(i, node, buffer, until, writable)
       steps.append(_step(node, how, target))
       for slot in node.outputs:
-        if node.primitive in _ALIASES:
+        if node.aliasing:
           owner = buffer[node.inputs[0]]
           until[owner] = max(until[owner], last.get(slot, -1))
         elif target is not None and target not in self.segmented:
@@ -291,7 +294,7 @@ class _Builder:
              ) -> tuple[int | None, tuple]:
     """Where ``node`` writes: ``(buffer or None, how)``, how = ('fresh',) | ('method', pos) | ('out', slot holding it)."""
     out = node.output
-    if out is None or node.primitive in _ALIASES or node.primitive not in {*_METHODS, *_OUT}:
+    if out is None or node.aliasing or node.primitive not in {*_METHODS, *_OUT}:
       return None, ('fresh',)
     aval = self.avals[out]
     if node.primitive == 'div' and not aval.dtype.is_floating_point:
@@ -300,7 +303,12 @@ class _Builder:
         len(node.inputs) != 3 or self.avals[node.inputs[0]].dtype != torch.bool):
       return None, ('fresh',)
 
+    # An input that receives a result must hold no other result at the end.
+    is_result = out in self.first_outputs
+
     def free(b: int) -> bool:
+      if b in self.destinations and is_result and self.alias_of.get(out) != b:
+        return False
       return (b in writable and until.get(b, math.inf) <= i and self.avals[b] == aval)
 
     candidates = []
@@ -338,6 +346,17 @@ class _Builder:
     return [(value, dest, held(value) in destinations) for value, dest in pending]
 
 
+def _returns_operand(op: Op) -> bool:
+  """Whether ``op``'s table entry may return its first operand, or a view of it."""
+  if op.primitive in _ALIASES:
+    return True
+  if op.primitive == 'integer_pow':
+    return op.params.get('y') == 1
+  if op.primitive.startswith('reduce_') or op.primitive == 'argmax':
+    return not op.params.get('axes')
+  return op.primitive == 'select_n' and len(op.inputs) == 2
+
+
 def _example(aval: Any) -> torch.Tensor:
   """A tiny tensor of the aval's dtype and rank, for ``torch.result_type``."""
   return torch.empty((1,) * len(aval.shape), dtype=aval.dtype)
@@ -361,11 +380,15 @@ def _step(node: _Node, how: tuple, target: int | None) -> Callable[[Env], None]:
   """The call that runs ``node`` as placed."""
   inputs, outputs = node.inputs, node.outputs
   if how[0] == 'fresh':
-    fn = node.fn
+    fn, aliasing = node.fn, node.aliasing
 
     def fresh(env: Env) -> None:
-      for slot, value in zip(outputs, fn(*(_read(env, r) for r in inputs))):
-        env[slot] = value
+      operands = [_read(env, r) for r in inputs]
+      for slot, value in zip(outputs, fn(*operands)):
+        # A table entry returning an operand as it is would let a later in-place
+        # write reach that operand: give the result its own storage.
+        owned = aliasing or not any(value is o for o in operands)
+        env[slot] = value if owned else value.clone()
     return fresh
   out = node.output
   if how[0] == 'method':
@@ -412,12 +435,13 @@ class Plan:
     env.update(constants)
     for step in self._steps:
       step(env)
-    sources = [env[v].clone() if clone else env[v] for v, _, clone in self._tensor_copies]
+    sources = [_read(env, v).clone() if clone else _read(env, v)
+               for v, _, clone in self._tensor_copies]
     if sources:
       torch._foreach_copy_([env[d] for _, d, _ in self._tensor_copies], sources)
     for value, dest in self._fills:
       env[dest].fill_(value.value)
-    return [env[d] if d is not None else (r.value if isinstance(r, Literal) else env[r])
+    return [env[d] if d is not None else _read(env, r)
             for r, d in zip(self._outputs, self._destinations)]
 
 
