@@ -36,8 +36,9 @@ def expectigrad(
 
   Args:
     learning_rate: a number >= 0 or an ``optax.Schedule``.
-    beta: momentum decay in [0, 1); 0 keeps no momentum buffer (also when
-      ``optax.inject_hyperparams`` passes it).
+    beta: momentum decay in [0, 1); 0 keeps no momentum buffer, also when
+      ``optax.inject_hyperparams`` passes it to an unjitted ``init`` (under
+      ``jax.jit`` its value is unknown there, and the buffer is kept).
     eps: added to the root mean square; must be > 0.
     sparse_counter: count nonzero gradients per element (True) or use the
       global step count (False).
