@@ -9,9 +9,8 @@ module runs such a chain the way a fused optimizer lays out memory:
   which is the same computation as over the tree of parameters when every
   primitive is elementwise (:func:`is_elementwise`) and the flat state is
   the tree's state concatenated (:func:`corresponds`);
-- every per-element state leaf lives in one flat buffer (:class:`Layout`:
-  each parameter's elements start at a 64-byte boundary), and
-  ``optimizer.state[p]`` holds views of it, shaped like ``p``;
+- every per-element state leaf lives in one flat buffer (:class:`Layout`),
+  and ``optimizer.state[p]`` holds views of it, shaped like ``p``;
 - each step runs the lowered update once over the flat buffers, eagerly,
   in place and freeing intermediates early (:mod:`expectigrad.jax2torch`'s
   ``Program.in_place``): each primitive is one kernel whatever the number
@@ -44,9 +43,6 @@ _ELEMENTWISE = frozenset({
 })
 _CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
           'closed_call': 'call_jaxpr'}
-# Each parameter's segment starts at a multiple of this many elements (64 bytes
-# for 4-byte elements): views stay aligned for Inductor and for dlpack imports.
-ALIGNMENT = 16
 
 
 def is_elementwise(jaxpr: Any) -> bool:
@@ -96,44 +92,34 @@ def corresponds(tree_leaves: Sequence[StateLeaf], flat_leaves: Sequence[StateLea
 
 
 class Layout:
-  """Where each parameter's elements sit in a flat buffer (aligned segments).
+  """Where each parameter's elements sit in a flat buffer: one after another.
+
+  Segments are not padded to an alignment: every kernel of a step runs over
+  whole flat buffers (aligned), and a view at any offset is a valid input
+  to Inductor and to ``torch._foreach_*`` kernels; padding would add to every
+  step's transient buffers.
 
   Args:
     numels: the parameters' element counts.
-    alignment: each segment starts at a multiple of this many elements.
   """
 
-  def __init__(self, numels: Sequence[int], alignment: int = ALIGNMENT):
-    self.numels, self.alignment = list(numels), alignment
-    self._zeros: dict[tuple, torch.Tensor] = {}
-    self.offsets, offset = [], 0
-    for n in self.numels:
-      self.offsets.append(offset)
-      offset += -(-n // alignment) * alignment
-    self.size = offset
-    # [n0, gap0, n1, gap1, ...]: views are taken with one split, which (unlike
-    # slicing) also works on fake CUDA tensors in a CPU-only torch
-    self._pieces = [size for o, n, end in zip(self.offsets, self.numels, self.offsets[1:] + [offset])
-                    for size in (n, end - o - n)]
-    self.packed = len(self.numels) == 1 and self.size == self.numels[0]
+  def __init__(self, numels: Sequence[int]):
+    self.numels = list(numels)
+    self.size = sum(self.numels)
+    self.packed = len(self.numels) == 1
 
   def views(self, flat: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
-    """Each parameter's part of ``flat``, in the given shapes."""
-    return [piece.view(s) for piece, s in zip(flat.split(self._pieces)[::2], shapes)]
+    """Each parameter's part of ``flat``, in the given shapes.
 
-  def segments(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``tensors`` as the 1-D pieces of a flat vector (zeros in the gaps), concatenated where read."""
-    first = tensors[0]
-    key = (first.device, first.dtype)
-    if key not in self._zeros:  # one small zero tensor: no kernel per gap and step
-      self._zeros[key] = first.new_zeros(self.alignment)
-    zeros = self._zeros[key]
-    pieces = []
-    for t, gap in zip(tensors, self._pieces[1::2]):
-      pieces.append(t.reshape(-1))
-      if gap:
-        pieces.append(zeros.narrow(0, 0, gap))
-    return pieces
+    One split (unlike slicing, it also works on fake CUDA tensors in a
+    CPU-only torch).
+    """
+    return [piece.view(s) for piece, s in zip(flat.split(self.numels), shapes)]
+
+  @staticmethod
+  def segments(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` as the 1-D pieces of a flat vector, concatenated where read."""
+    return [t.reshape(-1) for t in tensors]
 
 
 class FlatChain:
