@@ -1,6 +1,6 @@
 """Step and compile times of Expectigrad's torch executors vs torch.optim.Adam, all variants.
 
-Run ``python -m benchmarks.bench_torch [--workloads W1 W2] [--rounds N]``.
+Run ``python -m benchmarks.bench_torch [--workloads W1 W2] [--rounds N] [--device cpu|cuda]``.
 
 Per workload, every implementation steps its own copy of the parameters with
 the same fixed gradients:
@@ -49,7 +49,7 @@ import torch
 
 import expectigrad
 from benchmarks import common
-from expectigrad.bridges.torch import Optimizer
+from expectigrad.bridges.torch import Optimizer, jax_runs_on
 from expectigrad.pytorch import Expectigrad
 
 LOWERED_EAGER = 'Expectigrad, lowered, eager (executor="torch")'
@@ -150,10 +150,11 @@ def _use_fresh_inductor_cache() -> str:
   return f'cold: a fresh, empty TORCHINDUCTOR_CACHE_DIR={directory}'
 
 
-def _load_compiler() -> float:
+def _load_compiler(device: str) -> float:
   """Seconds to compile and run a trivial function: the compiler's one-time cost per process."""
   start = time.perf_counter()
-  torch.compile(lambda x: x * 2 + 1, fullgraph=True)(torch.ones(8))
+  common.blocking(lambda: torch.compile(lambda x: x * 2 + 1, fullgraph=True)(
+      torch.ones(8, device=device)), device)()
   return time.perf_counter() - start
 
 
@@ -163,14 +164,18 @@ def _openmp_settings() -> str:
                     f'torch.get_num_threads()={torch.get_num_threads()}'])
 
 
-def _steps(workload: str) -> tuple[dict[str, Callable[[], Any]], dict[str, torch.optim.Optimizer]]:
-  """One ``step`` per implementation, each over its own copy of the parameters."""
+def _steps(workload: str, device: str
+           ) -> tuple[dict[str, Callable[[], Any]], dict[str, torch.optim.Optimizer]]:
+  """One blocking ``step`` per implementation, each over its own copy of the parameters."""
   shapes = common.WORKLOADS[workload]
   generator = torch.Generator().manual_seed(0)
-  grads = [torch.randn(shape, generator=generator) for shape in shapes]
+  grads = [torch.randn(shape, generator=generator).to(device) for shape in shapes]
   steps, optimizers = {}, {}
   for name, (make, compile_step) in MAKERS.items():
-    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
+    if name == JAX_EXECUTOR and not jax_runs_on(torch.device(device)):
+      _say(f'{name}: skipped, the installed jaxlib has no {device} backend')
+      continue
+    params = [torch.nn.Parameter(torch.zeros(shape, device=device)) for shape in shapes]
     for p, g in zip(params, grads):
       p.grad = g.clone()
     try:
@@ -178,8 +183,23 @@ def _steps(workload: str) -> tuple[dict[str, Callable[[], Any]], dict[str, torch
     except Exception:  # pylint: disable=broad-except
       _fail(name, workload)
       continue
-    steps[name] = torch.compile(optimizers[name].step) if compile_step else optimizers[name].step
+    step = torch.compile(optimizers[name].step) if compile_step else optimizers[name].step
+    steps[name] = common.blocking(step, device)
   return steps, optimizers
+
+
+def _memory_table(workload: str, steps: dict[str, Callable[[], Any]], device: str) -> str:
+  """Peak bytes a step allocates beyond what exists before it, per implementation (CUDA)."""
+  param_bytes = 4 * common.num_elements(workload)
+  lines = [f'{workload}: transient memory of one step (torch.cuda.max_memory_allocated)',
+           '| implementation | MiB | / parameter bytes |', '|---|---:|---:|']
+  for name, step in steps.items():
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    peak = torch.cuda.max_memory_allocated(device) - before
+    lines.append(f'| {name} | {peak / 2**20:.1f} | {peak / param_bytes:.2f}x |')
+  return '\n'.join(lines)
 
 
 def _time_first_steps(steps: dict[str, Callable[[], Any]], workload: str
@@ -233,22 +253,26 @@ def _compiled_vs_compiled(rows: Sequence[common.Row]) -> str:
   return '\n'.join(lines)
 
 
-def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 20) -> list[common.Row]:
+def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 20, device: str = 'cpu'
+        ) -> list[common.Row]:
   """Times every implementation on each workload, interleaved; returns the rows.
 
   Also prints, as it goes, the first-step (compile) times of the compiled
-  implementations and, at the end, the compiled Expectigrad over the
-  compiled Adam.
+  implementations, on CUDA each step's transient memory, and, at the end,
+  the compiled Expectigrad over the compiled Adam.
   """
   _say(f'Inductor cache: {_use_fresh_inductor_cache()}')
   _say(f'OpenMP: {_openmp_settings()}')
   _say(f'machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min) at the start')
-  _say(f'compiler loaded (a trivial function compiled; once per process): {_load_compiler():.1f} s')
-  bandwidth = common.streaming_bandwidth_gbps()
+  if device != 'cpu':
+    _say(f'device: {torch.cuda.get_device_name(device)}')
+  _say('compiler loaded (a trivial function compiled; once per process): '
+       f'{_load_compiler(device):.1f} s')
+  bandwidth = common.streaming_bandwidth_gbps(device=device)
   rows = []
   for workload in workloads:
     torch._dynamo.reset()  # pylint: disable=protected-access
-    steps, optimizers = _steps(workload)
+    steps, optimizers = _steps(workload, device)
     resolved = getattr(optimizers.get(DEFAULT_STEP), 'executor', None)
     if resolved is not None:
       _say(f'{workload}: {DEFAULT_STEP} runs executor={resolved!r}')
@@ -256,6 +280,8 @@ def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 20) -> list[commo
     _say(_compile_table(workload, seconds) + '\n')
     _warm_up(steps, workload)
     medians = common.interleaved_medians(steps, rounds, warmup=0)
+    if device != 'cpu':
+      _say(_memory_table(workload, steps, device) + '\n')
     rows += common.make_rows('torch', workload, medians,
                              common.lower_bound_ms(workload, bandwidth),
                              BASELINE if BASELINE in medians else '')
@@ -266,4 +292,4 @@ def run(workloads: Sequence[str] = ('W1', 'W2'), rounds: int = 20) -> list[commo
 
 
 if __name__ == '__main__':
-  common.main(run, __doc__.splitlines()[0])
+  common.main(run, __doc__.splitlines()[0], devices=('cpu', 'cuda'))

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import statistics
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -77,6 +77,18 @@ class Row:
     return EXPECTIGRAD_BYTES_PER_ELEMENT * num_elements(self.workload) / (self.lower_bound_ms * 1e6)
 
 
+def blocking(step: Callable[[], Any], device: str) -> Callable[[], None]:
+  """``step`` followed by a wait for the device to finish it (nothing extra on the CPU)."""
+  if device == 'cpu':
+    return step
+  import torch  # pylint: disable=import-outside-toplevel
+
+  def run() -> None:
+    step()
+    torch.cuda.synchronize()
+  return run
+
+
 def interleaved_medians(
     steps: Mapping[str, Callable[[], None]], rounds: int, warmup: int = 3
 ) -> dict[str, float]:
@@ -93,19 +105,23 @@ def interleaved_medians(
   return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def streaming_bandwidth_gbps(num_floats: int = 1 << 26, rounds: int = 10) -> float:
+def streaming_bandwidth_gbps(num_floats: int = 1 << 26, rounds: int = 10,
+                             device: str = 'cpu') -> float:
   """Bytes/s of the fastest in-place ``a += b`` on float32 here (torch if installed, else numpy).
 
   12 bytes move per element (read a and b, write a); the best of the
-  measured libraries stands for what the memory system can stream.
+  measured libraries stands for what the memory system can stream. On a
+  torch ``device`` other than the CPU, torch's alone, synchronised.
   """
-  a = np.ones(num_floats, np.float32)
-  b = np.ones(num_floats, np.float32)
-  candidates = {'numpy': lambda: np.add(a, b, out=a)}
+  candidates = {}
+  if device == 'cpu':
+    a = np.ones(num_floats, np.float32)
+    b = np.ones(num_floats, np.float32)
+    candidates['numpy'] = lambda: np.add(a, b, out=a)
   try:
     import torch  # pylint: disable=import-outside-toplevel
-    ta, tb = torch.ones(num_floats), torch.ones(num_floats)
-    candidates['torch'] = lambda: ta.add_(tb)
+    ta, tb = torch.ones(num_floats, device=device), torch.ones(num_floats, device=device)
+    candidates['torch'] = blocking(lambda: ta.add_(tb), device)
   except ImportError:
     pass
   medians = interleaved_medians(candidates, rounds)
@@ -147,15 +163,21 @@ def format_table(rows: Sequence[Row], bandwidth_gbps: float | None = None) -> st
   return '\n'.join(lines)
 
 
-def main(run: Callable[..., list[Row]], description: str) -> None:
+def main(run: Callable[..., list[Row]], description: str, devices: Sequence[str] = ()) -> None:
   """The command line of every benchmark script: parses it, calls ``run`` and prints the table.
 
-  ``--rounds`` defaults to ``run``'s own default, so each script states it once.
+  ``--rounds`` defaults to ``run``'s own default, so each script states it once;
+  ``--device`` (one of ``devices``, the first by default) is offered where given.
   """
   import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--workloads', nargs='+', choices=sorted(WORKLOADS), default=['W1', 'W2'])
   parser.add_argument('--rounds', type=int, default=None)
+  if devices:
+    parser.add_argument('--device', choices=devices, default=devices[0])
   args = parser.parse_args()
-  rows = run(args.workloads, **({} if args.rounds is None else {'rounds': args.rounds}))
+  options = {} if args.rounds is None else {'rounds': args.rounds}
+  if devices:
+    options['device'] = args.device
+  rows = run(args.workloads, **options)
   print(format_table(rows, rows[0].bandwidth_gbps))

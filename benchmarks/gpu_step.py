@@ -221,10 +221,20 @@ def keras_rows() -> dict[tuple[str, str], dict]:
 
 def rows() -> dict[tuple[str, str], dict]:
   """Every row of the table: (workload, optimizer) -> measurements."""
-  table = {(w, name): torch_step(make, shapes)
-           for w, shapes in WORKLOADS.items() for name, make in TORCH_OPTIMIZERS.items()}
-  table.update(keras_rows())
-  return table
+  measured = {(w, name): torch_step(make, shapes)
+              for w, shapes in WORKLOADS.items() for name, make in TORCH_OPTIMIZERS.items()}
+  measured.update(keras_rows())
+  return measured
+
+
+def table(measured: dict[tuple[str, str], dict]) -> str:
+  """The Markdown table of :func:`rows` (docs/pytorch.md quotes it; a test compares)."""
+  lines = ['| workload | optimizer | launches | bytes / element | transient / param bytes '
+           '| syncs | transfers |', '|---|---|---:|---:|---:|---:|---:|']
+  for (w, name), r in sorted(measured.items()):
+    lines.append(f'| {w} | {name} | {r["launches"]} | {r["bytes_per_element"]:.0f} | '
+                 f'{r["transient"]:.2f} | {r["syncs"]} | {r["transfers"]} |')
+  return '\n'.join(lines)
 
 
 def main() -> None:
@@ -232,12 +242,7 @@ def main() -> None:
     print(json.dumps([(w, name, keras_step(name, shapes))
                       for w, shapes in WORKLOADS.items() for name in KERAS_OPTIMIZERS]))
     return
-  print('| workload | optimizer | launches | bytes / element | transient / param bytes '
-        '| syncs | transfers |')
-  print('|---|---|---:|---:|---:|---:|---:|')
-  for (w, name), r in sorted(rows().items()):
-    print(f'| {w} | {name} | {r["launches"]} | {r["bytes_per_element"]:.0f} | '
-          f'{r["transient"]:.2f} | {r["syncs"]} | {r["transfers"]} |')
+  print(table(rows()))
 
 
 if __name__ == '__main__':

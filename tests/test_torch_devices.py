@@ -35,12 +35,12 @@ def _has_gpu_backend() -> bool:
 
 def test_backend_check_follows_jaxlib():
   """CPU always has a JAX backend; CUDA exactly when the jaxlib has a GPU platform."""
-  assert bridge._jax_runs_on(torch.device('cpu'))
+  assert bridge.jax_runs_on(torch.device('cpu'))
   try:
     gpu = bool(jax.devices('gpu'))
   except RuntimeError:
     gpu = False
-  assert bridge._jax_runs_on(torch.device('cuda')) == gpu
+  assert bridge.jax_runs_on(torch.device('cuda')) == gpu
 
 
 def _stepped(n_steps: int = 3) -> tuple[bridge.Optimizer, list[torch.Tensor]]:
@@ -61,7 +61,7 @@ def test_optax_state_copies_where_jax_has_no_backend(backend: bool, monkeypatch)
   memory with ``optimizer.state`` where JAX has a backend for the device, and
   are host copies where it has not (the tensors are CPU here; the check says
   'no backend', as for CUDA with a CPU-only jaxlib)."""
-  monkeypatch.setattr(bridge, '_jax_runs_on', lambda device: backend)
+  monkeypatch.setattr(bridge, 'jax_runs_on', lambda device: backend)
   opt, params = _stepped()
   tree = {f'{i:06d}': jnp.asarray(p.detach().numpy()) for i, p in enumerate(params)}
   adam = optax.adam(0.1)

@@ -11,6 +11,7 @@ one copy per step, for every Keras optimizer: at most one is allowed there).
 """
 
 import functools
+import pathlib
 
 import pytest
 
@@ -19,11 +20,7 @@ from benchmarks import gpu_step
 
 @functools.lru_cache(maxsize=None)
 def _rows() -> dict:
-  table = {(w, name): gpu_step.torch_step(make, shapes)
-           for w, shapes in gpu_step.WORKLOADS.items()
-           for name, make in gpu_step.TORCH_OPTIMIZERS.items()}
-  table.update(gpu_step.keras_rows())
-  return table
+  return gpu_step.rows()
 
 
 @pytest.mark.parametrize('name,transfers', [('expectigrad.pytorch.Expectigrad', 0),
@@ -53,3 +50,10 @@ def test_the_launch_model_batches_foreach_calls_on_the_fast_route_only():
   loop = gpu_step.torch_step(lambda ps: torch.optim.Adam(ps, foreach=False), shapes)
   assert foreach['launches'] < 20 < len(shapes) * 5 <= loop['launches']
   assert foreach['bytes_per_element'] == loop['bytes_per_element']  # same kernels, batched
+
+
+def test_docs_table_is_what_the_model_prints():
+  """docs/pytorch.md quotes benchmarks/gpu_step.py's table (deterministic: nothing is timed)."""
+  docs = (pathlib.Path(__file__).parent.parent / 'docs' / 'pytorch.md').read_text()
+  quoted = docs.split('<!-- gpu-step -->\n')[1].split('<!-- /gpu-step -->')[0].strip()
+  assert quoted == gpu_step.table(_rows())

@@ -548,7 +548,7 @@ class Optimizer(torch.optim.Optimizer):
     traced, static = self._hyperparameters(group_index)
     chain = self._chain(tuple(sorted(traced)), static, [_as_real(p) for p in params])
     leaves = []
-    shared = _jax_runs_on(params[0].device)
+    shared = jax_runs_on(params[0].device)
     for leaf in chain.state:
       owner = params[0 if leaf.owner is None else leaf.owner]
       tensor = self.state[owner][leaf.name].view(leaf.shape)
@@ -642,7 +642,7 @@ class Optimizer(torch.optim.Optimizer):
 
 
 @functools.lru_cache(maxsize=None)
-def _jax_runs_on(device: torch.device) -> bool:
+def jax_runs_on(device: torch.device) -> bool:
   """Whether the installed jaxlib has a backend for tensors on ``device``.
 
   The package installs a CPU-only jaxlib; CUDA needs ``jax[cuda12]``. torch's
@@ -669,7 +669,7 @@ def _check_jax_backend(chain: LoweredChain, executor: str) -> None:
       lacks primitives of (elsewhere it falls back to the JAX runtime).
     RuntimeError: for ``executor='jax'``, saying what to install.
   """
-  if _jax_runs_on(chain.device):
+  if jax_runs_on(chain.device):
     return
   device = chain.device.type
   if chain.unsupported:
