@@ -12,9 +12,6 @@ host copies are checked on real CPU tensors with the backend check patched.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -25,8 +22,8 @@ import pytest
 import torch
 
 from expectigrad.bridges import torch as bridge
+from tests import fake_cuda
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _has_gpu_backend() -> bool:
@@ -146,10 +143,4 @@ def test_fake_cuda_errors_and_host_copies():
   a primitive the lowering lacks raises NotImplementedError naming it (no
   fallback warning, no ``Unknown backend``); the lowered program steps, and
   ``optax_state`` hands JAX only CPU copies, leaving the state on CUDA."""
-  result = subprocess.run([sys.executable, '-c', _FAKE_CUDA_SCRIPT], cwd=REPO_ROOT,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-                          capture_output=True, text=True, timeout=300, check=False)
-  if 'FAKE_CUDA_UNAVAILABLE' in result.stdout:
-    pytest.skip(f'this torch build cannot make fake CUDA tensors: {result.stdout.strip()}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'FAKE_CUDA_OK' in result.stdout
+  fake_cuda.run(_FAKE_CUDA_SCRIPT, 'FAKE_CUDA_OK')

@@ -14,11 +14,7 @@ test_torch_bridge.py.
 """
 
 import copy
-import os
-import pathlib
 import pickle
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -33,9 +29,8 @@ import expectigrad
 from expectigrad import jax2torch
 from expectigrad.bridges.torch import Optimizer
 from expectigrad.pytorch import Expectigrad
-from tests import reference
+from tests import fake_cuda, reference
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LR = 0.05
 
 
@@ -906,13 +901,7 @@ def test_steps_on_fake_cuda_tensors_without_host_sync():
   (.item(), a Python float of a tensor) would raise. Two steps complete and
   the state lives on 'cuda'.
   """
-  result = subprocess.run([sys.executable, '-c', _FAKE_CUDA_SCRIPT], cwd=REPO_ROOT,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-                          capture_output=True, text=True, timeout=300, check=False)
-  if 'FAKE_CUDA_UNAVAILABLE' in result.stdout:
-    pytest.skip(f'this torch build cannot make fake CUDA tensors: {result.stdout.strip()}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'FAKE_CUDA_STEPS_OK' in result.stdout
+  fake_cuda.run(_FAKE_CUDA_SCRIPT, 'FAKE_CUDA_STEPS_OK')
 
 
 # -- 13. executors -------------------------------------------------------------------------

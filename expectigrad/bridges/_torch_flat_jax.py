@@ -30,7 +30,6 @@ it.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -39,7 +38,6 @@ import jax.numpy as jnp
 import torch
 
 from expectigrad.bridges import _torch_chain, _torch_flat
-from expectigrad.bridges._torch_chain import StateLeaf
 
 # XLA imports a buffer zero-copy only if it is aligned to this many bytes.
 _DLPACK_ALIGNMENT = 64
@@ -132,9 +130,10 @@ class FlatChain:
         for view in views:
           view[leaf.name] = shared
         continue
-      for i, (p, piece) in enumerate(zip(params, tensor.split(sizes))):
-        tree_leaf = self._tree_leaf[leaf.name, i]
-        views[i][leaf.name] = piece.view(_torch_chain.storage_shape(tree_leaf, p))
+      shapes = [_torch_chain.storage_shape(self._tree_leaf[leaf.name, i], p)
+                for i, p in enumerate(params)]
+      for view, piece in zip(views, _torch_flat.Layout(sizes).views(tensor, shapes)):
+        view[leaf.name] = piece
     return views
 
   def run(self, hyper: dict, grads: Any, spare: Any, state: Any, params: torch.Tensor | None

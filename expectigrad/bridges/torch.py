@@ -91,14 +91,17 @@ class Optimizer(torch.optim.Optimizer):
 
   How a step runs (``executor``):
 
-  - ``'torch'``: the lowered program, eagerly, each primitive one
-    ``torch._foreach_*`` call over the group's tensors; under
+  - ``'torch'``: the lowered program, eagerly: for an elementwise chain
+    traced over one flat vector per state leaf (``optimizer.state[p]``
+    holds views of those buffers), each primitive one kernel over the
+    group, in place (:mod:`._torch_flat`); otherwise each primitive one
+    ``torch._foreach_*`` call over the group's tensors. Under
     ``torch.compile`` (the user's) or with ``compile=True``, Inductor fuses it.
   - ``'jax'``: the traced update on the JAX runtime, tensors crossing
     through dlpack (also used, with a warning, for a chain whose program has
     a primitive the lowering lacks).
-  - ``'auto'`` (default): ``'torch'``. Inside ``torch.compile`` the lowered
-    program always runs.
+  - ``'auto'`` (default): ``'jax'`` for CPU parameters, ``'torch'`` elsewhere
+    (:func:`runs_in_jax`). Inside ``torch.compile`` the lowered program always runs.
 
   Args:
     params: parameters or param-group dicts, as for any torch optimizer.

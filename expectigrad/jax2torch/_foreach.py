@@ -177,17 +177,44 @@ def _foreach_integer_pow(xs: list[torch.Tensor], power: int) -> list[torch.Tenso
 
 
 def schedule(graph: Graph) -> list[Step]:
-  """The steps that run ``graph``, batching same-depth operations into foreach calls."""
+  """The steps that run ``graph``, batching same-depth operations into foreach calls.
+
+  Each intermediate is dropped after the last step that reads it (a step
+  of its own), so a step holds only the values still needed.
+  """
   groups: dict[tuple, list[Op]] = {}
   for op, level in zip(graph.ops, _levels(graph)):
     key = (level, op.primitive, _params_key(op), len(op.outputs) == 1)
     groups.setdefault(key, []).append(op)
-  steps = []
+  batches: list[tuple[Step, list[Op]]] = []
   for key in sorted(groups, key=lambda k: (k[0], k[1] in _VIEWS)):
     batch = groups[key]
     step = _batched(graph, batch) if key[3] else None
-    steps.extend([step] if step is not None else [_single(op) for op in batch])
+    batches.extend([(step, batch)] if step is not None else [(_single(op), [op]) for op in batch])
+  kept = set(graph.inputs) | set(graph.constants) | {
+      r for r in graph.outputs if not isinstance(r, Literal)}
+  last: dict[int, int] = {}
+  for i, (_, ops) in enumerate(batches):
+    for op in ops:
+      for r in op.inputs:
+        if not isinstance(r, Literal) and r not in kept:
+          last[r] = i
+  dying: dict[int, list[int]] = {}
+  for slot, i in last.items():
+    dying.setdefault(i, []).append(slot)
+  steps: list[Step] = []
+  for i, (step, _) in enumerate(batches):
+    steps.append(step)
+    if i in dying:
+      steps.append(_forget(dying[i]))
   return steps
+
+
+def _forget(slots: list[int]) -> Step:
+  def step(values: Slots) -> None:
+    for slot in slots:
+      del values[slot]
+  return step
 
 
 def run(graph: Graph, steps: Sequence[Step], args: Sequence[Any],
