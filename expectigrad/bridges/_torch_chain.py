@@ -169,8 +169,14 @@ class LoweredChain:
                for dst, value, leaf in zip(targets, new_state, self.state)]
     if foreach:
       torch._foreach_add_(list(params), updates)
-      if sources:
-        torch._foreach_copy_(list(targets), sources)
+      # One call per pair of dtypes: a list of one dtype stays on ATen's fast route.
+      pairs: dict[tuple, tuple[list, list]] = {}
+      for target, source in zip(targets, sources):
+        group = pairs.setdefault((target.dtype, source.dtype), ([], []))
+        group[0].append(target)
+        group[1].append(source)
+      for group_targets, group_sources in pairs.values():
+        torch._foreach_copy_(group_targets, group_sources)
       return
     for param, update in zip(params, updates):
       param.add_(update)

@@ -32,15 +32,6 @@ from expectigrad import jax2torch
 from expectigrad.bridges import _torch_chain
 from expectigrad.bridges._torch_chain import StateLeaf
 
-# Primitives that compute each output element from the same element of their
-# operands (0-d operands broadcast).
-_ELEMENTWISE = frozenset({
-    'add', 'sub', 'mul', 'div', 'rem', 'neg', 'max', 'min', 'pow', 'integer_pow', 'square',
-    'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'sin', 'cos', 'tan', 'tanh',
-    'logistic', 'erf', 'abs', 'sign', 'floor', 'ceil', 'is_finite', 'eq', 'ne', 'lt', 'le',
-    'gt', 'ge', 'and', 'or', 'xor', 'not', 'select_n', 'convert_element_type', 'clamp',
-    'copy', 'stop_gradient',
-})
 _CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
           'closed_call': 'call_jaxpr'}
 
@@ -59,7 +50,7 @@ def is_elementwise(jaxpr: Any) -> bool:
     elif name == 'reshape':
       if tuple(eqn.invars[0].aval.shape) != tuple(eqn.outvars[0].aval.shape):
         return False
-    elif name not in _ELEMENTWISE:
+    elif name not in jax2torch.ELEMENTWISE:
       return False
   return True
 

@@ -19,9 +19,9 @@ import jax
 import torch
 
 from expectigrad.jax2torch import _foreach, _inplace, _program
-from expectigrad.jax2torch._primitives import PRIMITIVES, torch_dtype
+from expectigrad.jax2torch._primitives import ELEMENTWISE, PRIMITIVES, torch_dtype
 
-__all__ = ['PRIMITIVES', 'Program', 'lower', 'torch_dtype']
+__all__ = ['ELEMENTWISE', 'PRIMITIVES', 'Program', 'lower', 'torch_dtype']
 
 
 class Program:

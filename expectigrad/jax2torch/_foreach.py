@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import torch
+import math
 
+import torch
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+from expectigrad.jax2torch._primitives import ELEMENTWISE
 from expectigrad.jax2torch._program import Graph, Literal, Op
 
 Slots = dict
@@ -42,12 +46,11 @@ _COMMUTATIVE = frozenset({'add', 'mul', 'max', 'min'})
 # ``_primitives``); those run one operation at a time.
 _FLOAT_SINGLE = frozenset({'max', 'min'})
 # list (op) scalar literal: every _LIST_LIST kernel has a Scalar overload.
-# list (op) shared 0-d tensor: these take it as one tensor. ``add`` takes it
-# as a list of the same tensor repeated: its Tensor overload reads the value
-# on the host (``.item()``), a device sync that fails on fake tensors and
-# breaks a ``torch.compile`` graph.
+# list (op) shared 0-d tensor: these take it as one tensor. ``add`` and
+# ``sub`` run flat instead (see _batched): their Tensor overload reads the
+# value on the host (``.item()``), and a list of the tensor repeated leaves
+# ATen's fast route (one kernel per tensor).
 _TENSOR_OVERLOAD = frozenset({'mul', 'div'})
-_REPEATED_TENSOR = frozenset({'add', 'sub'})
 
 
 def _params_key(op: Op) -> str:
@@ -92,7 +95,101 @@ def _write(outputs: list[int]) -> Callable[[Slots, Sequence[torch.Tensor]], None
   return write
 
 
-def _batched(graph: Graph, batch: list[Op]) -> Step | None:
+def _batched(graph: Graph, batch: list[Op], broadcasts: dict[int, Any]) -> Step | None:
+  """One call for ``batch``: over flat buffers when its operands tile them, else foreach.
+
+  An elementwise batch whose list operands are consecutive views of one
+  flat buffer (the pieces of an earlier flat result, or of flat state) runs
+  as one kernel over that buffer, whatever the primitive; otherwise as one
+  ``torch._foreach_*`` call where torch has one, and else over operands
+  concatenated for the call. Either way, one kernel per primitive.
+  ``broadcasts`` maps slots that broadcast a 0-d value to that value.
+  """
+  foreach = _foreach_batched(graph, batch)
+  flat = _flat_batched(graph, batch, broadcasts)
+  if flat is None or foreach is None:
+    return foreach if flat is None else flat[0]
+  flat_step, tiled = flat
+
+  def step(slots: Slots) -> None:
+    if not _tracing() and tiled(slots):
+      flat_step(slots)
+    else:
+      foreach(slots)
+  return step
+
+
+def _tracing() -> bool:
+  """Whether a compiler traces this call (Dynamo, or make_fx for Inductor).
+
+  Traced code must not read through a view to its base: the base of an
+  input view is not an input of the traced function. A compiler fuses the
+  foreach call anyway.
+  """
+  return torch.compiler.is_compiling() or get_proxy_mode() is not None
+
+
+def _flat_batched(graph: Graph, batch: list[Op], broadcasts: dict[int, Any]
+                  ) -> tuple[Step, Callable[[Slots], bool]] | None:
+  """``(step, whether the list operands already tile flat buffers)`` for an elementwise batch.
+
+  An operand that every op of the batch reads as the same 0-d value (or a
+  broadcast of it) enters the flat call as that value.
+  """
+  if len(batch) < 2 or batch[0].primitive not in ELEMENTWISE or len(batch[0].outputs) != 1:
+    return None
+  avals = graph.avals
+  shapes = [avals[op.outputs[0]].shape for op in batch]
+  numels = [math.prod(shape) for shape in shapes]
+  operands: list[tuple[bool, Any]] = []  # (is a list, refs or the shared ref)
+  for position in range(len(batch[0].inputs)):
+    refs = [op.inputs[position] for op in batch]
+    sources = {broadcasts.get(r, r) if not isinstance(r, Literal) else r for r in refs}
+    if len(sources) == 1:
+      (source,) = sources
+      if isinstance(source, Literal) or avals[source].shape == ():
+        operands.append((False, source))
+        continue
+    if all(not isinstance(r, Literal) and avals[r].shape == s for r, s in zip(refs, shapes)):
+      operands.append((True, refs))
+    else:
+      return None
+  lists = [refs for is_list, refs in operands if is_list]
+  if not lists:
+    return None
+  fn = batch[0].fn
+  write = _write([op.outputs[0] for op in batch])
+
+  def step(slots: Slots) -> None:
+    values = [_flat([slots[r] for r in x]) if is_list else _read(slots, x) for is_list, x in operands]
+    (result,) = fn(*values)
+    write(slots, [piece.view(s) for piece, s in zip(result.split(numels), shapes)])
+
+  def tiled(slots: Slots) -> bool:
+    return all(_tiling([slots[r] for r in refs]) is not None for refs in lists)
+  return step, tiled
+
+
+def _tiling(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+  """The 1-D buffer ``tensors`` are consecutive contiguous views of, covering it, or None."""
+  base = tensors[0]._base
+  if base is None or base.dim() != 1 or not base.is_contiguous():
+    return None
+  offset = base.storage_offset()
+  for t in tensors:
+    if t._base is not base or not t.is_contiguous() or t.storage_offset() != offset:
+      return None
+    offset += t.numel()
+  return base if offset == base.storage_offset() + base.numel() else None
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+  """``tensors`` as one flat vector: the buffer they tile, else their concatenation."""
+  base = None if _tracing() else _tiling(tensors)
+  return base if base is not None else torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _foreach_batched(graph: Graph, batch: list[Op]) -> Step | None:
   """One foreach call for ``batch``, or None if its operands do not fit one."""
   name = batch[0].primitive
   avals = graph.avals
@@ -156,11 +253,6 @@ def _batched(graph: Graph, batch: list[Op]) -> Step | None:
       return None
     if not scalar_first and name in _TENSOR_OVERLOAD:
       return lambda slots: write(slots, kernel([slots[r] for r in lst], slots[other]))
-    if not scalar_first and name in _REPEATED_TENSOR:
-      return lambda slots: write(slots, kernel([slots[r] for r in lst], [slots[other]] * len(lst)))
-    if scalar_first and name == 'sub':
-      return lambda slots: write(slots, torch._foreach_add(
-          torch._foreach_neg([slots[r] for r in lst]), [slots[other]] * len(lst)))
   return None
 
 
@@ -182,6 +274,9 @@ def schedule(graph: Graph) -> list[Step]:
   Each intermediate is dropped after the last step that reads it (a step
   of its own), so a step holds only the values still needed.
   """
+  broadcasts = {op.outputs[0]: op.inputs[0] for op in graph.ops
+                if op.primitive == 'broadcast_in_dim' and (
+                    isinstance(op.inputs[0], Literal) or graph.avals[op.inputs[0]].shape == ())}
   groups: dict[tuple, list[Op]] = {}
   for op, level in zip(graph.ops, _levels(graph)):
     key = (level, op.primitive, _params_key(op), len(op.outputs) == 1)
@@ -189,7 +284,7 @@ def schedule(graph: Graph) -> list[Step]:
   batches: list[tuple[Step, list[Op]]] = []
   for key in sorted(groups, key=lambda k: (k[0], k[1] in _VIEWS)):
     batch = groups[key]
-    step = _batched(graph, batch) if key[3] else None
+    step = _batched(graph, batch, broadcasts) if key[3] else None
     batches.extend([(step, batch)] if step is not None else [(_single(op), [op]) for op in batch])
   kept = set(graph.inputs) | set(graph.constants) | {
       r for r in graph.outputs if not isinstance(r, Literal)}
@@ -197,8 +292,10 @@ def schedule(graph: Graph) -> list[Step]:
   for i, (_, ops) in enumerate(batches):
     for op in ops:
       for r in op.inputs:
-        if not isinstance(r, Literal) and r not in kept:
-          last[r] = i
+        # A flat call reads a broadcast's 0-d source in its place (see _flat_batched).
+        for read in (r, broadcasts.get(r)) if not isinstance(r, Literal) else ():
+          if read is not None and not isinstance(read, Literal) and read not in kept:
+            last[read] = i
   dying: dict[int, list[int]] = {}
   for slot, i in last.items():
     dying.setdefault(i, []).append(slot)

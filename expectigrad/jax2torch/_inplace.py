@@ -109,16 +109,15 @@ class _Builder:
         rename[node.output] = node.inputs[0]
         node.primitive = 'dead'
     self.outputs = [rename.get(r, r) if not isinstance(r, Literal) else r for r in graph.outputs]
-    # (value, destination input slot) per aliased result; the first destination of a slot
-    # is where it is computed, any other gets a copy.
+    # (value, destination input slot) per aliased result; a slot is computed into its
+    # first destination (alias_of), any other gets a copy.
     self.alias_pairs = [(self.outputs[k], dest) for k, dest in sorted(self.aliases.items())]
-    self.first_alias = dict(self.aliases)
     self.alias_of: dict[int, int] = {}
     for value, dest in self.alias_pairs:
       if not isinstance(value, Literal):
         self.alias_of.setdefault(value, dest)
     self.destinations = {dest for _, dest in self.alias_pairs}
-    self.first_outputs = {r for r in self.outputs if not isinstance(r, Literal)}
+    self.result_slots = {r for r in self.outputs if not isinstance(r, Literal)}
     nodes = [n for n in nodes if n.primitive != 'dead']
     nodes = self._fold_conversions(nodes)
     nodes = self._fold_scalars(nodes)
@@ -287,7 +286,7 @@ class _Builder:
       if dead:
         steps.append(_forget(dead))
     copies = self._final_copies(buffer)
-    destinations = [self.first_alias.get(k) for k in range(len(self.outputs))]
+    destinations = [self.aliases.get(k) for k in range(len(self.outputs))]
     return Plan(self.graph, self.outputs, steps, copies, destinations)
 
   def _place(self, i: int, node: _Node, buffer: dict, until: dict, writable: set
@@ -304,7 +303,7 @@ class _Builder:
       return None, ('fresh',)
 
     # An input that receives a result must hold no other result at the end.
-    is_result = out in self.first_outputs
+    is_result = out in self.result_slots
 
     def free(b: int) -> bool:
       if b in self.destinations and is_result and self.alias_of.get(out) != b:

@@ -23,6 +23,16 @@ import torch
 Impl = Callable[..., Any]
 PRIMITIVES: dict[str, Impl] = {}
 
+# Primitives that compute each output element from the same element of their
+# operands (0-d operands broadcast).
+ELEMENTWISE = frozenset({
+    'add', 'sub', 'mul', 'div', 'rem', 'neg', 'max', 'min', 'pow', 'integer_pow', 'square',
+    'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'sin', 'cos', 'tan', 'tanh',
+    'logistic', 'erf', 'abs', 'sign', 'floor', 'ceil', 'is_finite', 'eq', 'ne', 'lt', 'le',
+    'gt', 'ge', 'and', 'or', 'xor', 'not', 'select_n', 'convert_element_type', 'clamp',
+    'copy', 'stop_gradient',
+})
+
 
 def torch_dtype(dtype: Any) -> torch.dtype:
   """numpy/JAX dtype (bfloat16 included) -> torch dtype."""

@@ -200,6 +200,55 @@ class _Builder:
       self.control_flow(env, eqn, inputs)
       return
     params = _plain_params(eqn.params)
+    if self.sink_broadcasts(env, eqn, name, params, inputs):
+      return
+    self.emit(env, eqn.outvars, name, params, inputs)
+
+  def sink_broadcasts(self, env: dict, eqn: Any, name: str, params: dict,
+                      inputs: list[Ref]) -> bool:
+    """``f(broadcast(x), ...)`` as ``broadcast(f(x, ...))`` for elementwise ``f`` and 0-d ``x``.
+
+    As XLA's algebraic simplifier does: an elementwise operation on
+    broadcast scalars (``optax.tree.norm``'s ``0.0 ** 2`` per leaf) is
+    computed once on the scalars, and only its result is broadcast (a view).
+    Returns whether it did so.
+    """
+    if name not in _primitives.ELEMENTWISE or len(eqn.outvars) != 1 or not eqn.outvars[0].aval.shape:
+      return False
+    scalars, sunk = [], False
+    for ref in inputs:
+      producer = self._producers.get(ref) if not isinstance(ref, Literal) else None
+      if producer is not None and producer.primitive == 'broadcast_in_dim' and (
+          self.avals[producer.inputs[0]].shape == ()):
+        scalars.append(producer.inputs[0])
+        sunk = True
+      elif isinstance(ref, Literal) or self.avals[ref].shape == ():
+        scalars.append(ref)
+      else:
+        return False
+    if not sunk:
+      return False
+    out = eqn.outvars[0].aval
+    scalar = self.emit_scalar(name, params, scalars, _primitives.torch_dtype(out.dtype))
+    shape = tuple(int(d) for d in out.shape)
+    self.emit(env, eqn.outvars, 'broadcast_in_dim',
+              {'shape': shape, 'broadcast_dimensions': ()}, [scalar])
+    return True
+
+  def emit_scalar(self, name: str, params: dict, inputs: list[Ref], dtype: torch.dtype) -> int:
+    """The slot of a 0-d ``name(*inputs)`` (computed once per distinct computation)."""
+    key = (name, repr(sorted(params.items())), tuple(inputs), 'scalar')
+    if key not in self._computed:
+      slot = self._next
+      self._next += 1
+      self.avals[slot] = Aval((), dtype)
+      self._computed[key] = [slot]
+      self.add(Op(name, params, inputs, [slot], _bind(_primitives.PRIMITIVES[name], params, 1)))
+    return self._computed[key][0]
+
+  def emit(self, env: dict, outvars: Sequence[Any], name: str, params: dict,
+           inputs: list[Ref]) -> None:
+    """Adds ``name(*inputs)`` for ``outvars`` (or reuses the same computation made before)."""
     # The same pure computation repeated per leaf (``-learning_rate``) runs once,
     # so every leaf's op shares its result and the leaves batch together.
     key: Any = (name, repr(sorted(params.items())), tuple(inputs))
@@ -208,11 +257,11 @@ class _Builder:
     except TypeError:  # a constant-array literal
       key = None
     if key is not None and key in self._computed:
-      for var, slot in zip(eqn.outvars, self._computed[key]):
+      for var, slot in zip(outvars, self._computed[key]):
         env[var] = slot
       return
-    outputs = [self.new_slot(v) for v in eqn.outvars]
-    for var, slot in zip(eqn.outvars, outputs):
+    outputs = [self.new_slot(v) for v in outvars]
+    for var, slot in zip(outvars, outputs):
       env[var] = slot
     if key is not None:
       self._computed[key] = outputs
