@@ -143,18 +143,17 @@ class FlatChain:
           {key: grads}, state, None if params is None else {key: params})
       return updates[key], state
 
-    self.update = update
     with _torch_chain.x64_scope(dtype):
-      self.hyper_spec = {k: jax.ShapeDtypeStruct((), _torch_chain.jax_dtype(tree.hyper_dtype))
-                         for k in hyper_names}
-      self.vector = jax.ShapeDtypeStruct((layout.size,), _torch_chain.jax_dtype(dtype))
-      self.state_shape = jax.eval_shape(init, self.hyper_spec, self.vector)
-      params = self.vector if tree.needs_params else None
+      hyper = {k: jax.ShapeDtypeStruct((), _torch_chain.jax_dtype(tree.hyper_dtype))
+               for k in hyper_names}
+      vector = jax.ShapeDtypeStruct((layout.size,), _torch_chain.jax_dtype(dtype))
+      state = jax.eval_shape(init, hyper, vector)
+      params = vector if tree.needs_params else None
       self.closed, out_shape = jax.make_jaxpr(update, return_shape=True)(
-          self.hyper_spec, self.vector, self.state_shape, params)
-    self.in_tree = jax.tree.structure((self.hyper_spec, self.vector, self.state_shape, params))
+          hyper, vector, state, params)
+    self.in_tree = jax.tree.structure((hyper, vector, state, params))
     self.out_tree = jax.tree.structure(out_shape)
-    self.leaves = _torch_chain.describe_state(self.state_shape, [key])
+    self.leaves = _torch_chain.describe_state(state, [key])
     self.tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
     self.usable = corresponds(tree.state, self.leaves, sum(layout.numels)) and (
         is_elementwise(self.closed))
