@@ -118,3 +118,22 @@ def test_inputs_not_donated_are_never_written():
   a, b = torch.arange(1.0, 9.0), torch.arange(2.0, 10.0)
   run(a, b)
   assert torch.equal(a, torch.arange(1.0, 9.0)) and torch.equal(b, torch.arange(2.0, 10.0))
+
+
+def test_traced_batches_never_read_through_a_view_to_its_base():
+  """Under make_fx (as compile=True traces), operands that tile a flat buffer are not read flat.
+
+  The buffer behind the views is not an input of the traced function: a
+  graph reading it held a stale tensor, which Inductor's code then read.
+  """
+  from torch.fx.experimental.proxy_tensor import make_fx  # pylint: disable=import-outside-toplevel
+  specs = [jax.ShapeDtypeStruct((3,), jnp.float32), jax.ShapeDtypeStruct((5,), jnp.float32)]
+  program = jax2torch.lower(lambda xs: [jnp.where(x > 0, x, 2 * x) for x in xs], specs)
+  flat = torch.arange(-4.0, 4.0)
+  views = list(flat.split([3, 5]))
+  eager = program(*views)
+  graph = make_fx(lambda a, b: program(a, b))(*views)
+  constants = [getattr(graph, n.target) for n in graph.graph.nodes if n.op == 'get_attr']
+  assert all(c.numel() == 1 for c in constants), graph.code  # literals only, never the buffer
+  for traced, expected in zip(graph(*views), eager):
+    assert torch.equal(traced, expected)
