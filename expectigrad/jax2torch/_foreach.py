@@ -105,8 +105,6 @@ def _batched(graph: Graph, batch: list[Op], broadcasts: dict[int, Any]) -> Step 
   concatenated for the call. Either way, one kernel per primitive.
   ``broadcasts`` maps slots that broadcast a 0-d value to that value.
   """
-  if batch[0].primitive == 'reduce_sum':
-    return _sums_batched(graph, batch)
   foreach = _foreach_batched(graph, batch)
   flat = _flat_batched(graph, batch, broadcasts)
   if flat is None or foreach is None:
@@ -170,40 +168,6 @@ def _flat_batched(graph: Graph, batch: list[Op], broadcasts: dict[int, Any]
   def tiled(slots: Slots) -> bool:
     return all(_tiling([slots[r] for r in refs]) is not None for refs in lists)
   return step, tiled
-
-
-def _sums_batched(graph: Graph, batch: list[Op]) -> Step | None:
-  """Whole-tensor sums of many tensors (a global norm's) as one segmented reduction.
-
-  Eagerly only: traced, each op runs on its own (a compiler fuses them).
-  The sums are added in another order than one ``torch.sum`` each: equal up
-  to rounding, as every reduction here is to XLA's.
-  """
-  avals = graph.avals
-  refs = [op.inputs[0] for op in batch]
-  if len(batch) < 2 or any(isinstance(r, Literal) for r in refs):
-    return None
-  if any(avals[op.outputs[0]].shape != () or tuple(op.params['axes']) != tuple(range(
-      len(avals[r].shape))) for op, r in zip(batch, refs)):
-    return None
-  if not avals[refs[0]].dtype.is_floating_point:
-    return None
-  numels = [math.prod(avals[r].shape) for r in refs]
-  singles = [_single(op) for op in batch]
-  write = _write([op.outputs[0] for op in batch])
-  lengths: dict[torch.device, torch.Tensor] = {}  # made once per device: no copy per step
-
-  def step(slots: Slots) -> None:
-    if _tracing():
-      for single in singles:
-        single(slots)
-      return
-    values = _flat([slots[r] for r in refs])
-    if values.device not in lengths:
-      lengths[values.device] = torch.tensor(numels, device=values.device)
-    sums = torch.segment_reduce(values, 'sum', lengths=lengths[values.device])
-    write(slots, [s.view(()) for s in sums.split(1)])
-  return step
 
 
 def _tiling(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
