@@ -126,7 +126,9 @@ class FlatChain:
   Attributes:
     usable: whether the flat chain is elementwise and its state is the tree's.
     leaves: the flat state's leaves (per-element ones span the whole layout).
-    closed: the traced ``update(hyper, grads, state, params) -> (updates, state)``.
+    update: ``update(hyper, grads, state, params) -> (updates, state)`` over flat vectors.
+    closed: ``update`` traced (a ClosedJaxpr); ``in_tree``, ``out_tree``, ``state_tree``
+      its argument, result and state structures.
   """
 
   def __init__(self, make: Callable, hyper_names: Sequence[str],
@@ -143,6 +145,7 @@ class FlatChain:
           {key: grads}, state, None if params is None else {key: params})
       return updates[key], state
 
+    self.update = update
     with _torch_chain.x64_scope(dtype):
       hyper = {k: jax.ShapeDtypeStruct((), _torch_chain.jax_dtype(tree.hyper_dtype))
                for k in hyper_names}
@@ -152,6 +155,7 @@ class FlatChain:
       self.closed, out_shape = jax.make_jaxpr(update, return_shape=True)(
           hyper, vector, state, params)
     self.in_tree = jax.tree.structure((hyper, vector, state, params))
+    self.state_tree = jax.tree.structure(state)
     self.out_tree = jax.tree.structure(out_shape)
     self.leaves = _torch_chain.describe_state(state, [key])
     self.tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,52 +49,28 @@ def _is_importable(tensor: torch.Tensor) -> bool:
 
 
 class FlatChain:
-  """A chain traced over one flat vector, when that equals running it over the tree.
+  """A chain traced over one flat vector (:class:`._torch_flat.FlatChain`), jitted for XLA.
 
   Args:
-    make: builds the chain from a dict of hyperparameters.
-    hyper_names: the traced hyperparameters' names.
-    tree: the same chain lowered over the cohort's parameters (for the
-      state's names and the parameter count).
-    size: the cohort's number of elements.
-    dtype: the parameters' dtype.
+    flat: the traced chain; the JAX executor runs it only if ``flat.usable``.
 
   Attributes:
     usable: whether the flat chain is elementwise and its state matches the tree's.
     leaves: the flat state's leaves (one per name; per-element ones span all parameters).
   """
 
-  def __init__(self, make: Callable, hyper_names: Sequence[str],
-               tree: _torch_chain.LoweredChain, size: int, dtype: torch.dtype):
-    self.dtype = dtype
-    self.hyper_names = tuple(hyper_names)
-    self.tree = tree
-    self.size = size
-    key = _torch_chain.param_key(0)
-    jax_dtype = _torch_chain.jax_dtype(dtype)
-    hyper_jax = _torch_chain.jax_dtype(tree.hyper_dtype)
-    self._hyper_dtype = hyper_jax
-
-    def init(hyper, params):
-      return make(hyper).init({key: params})
+  def __init__(self, flat: _torch_flat.FlatChain):
+    self.dtype, self.tree, self.size = flat.dtype, flat.tree, flat.layout.size
+    self.hyper_names, self.leaves, self.usable = flat.hyper_names, flat.leaves, flat.usable
+    self._layout = flat.layout
+    self._hyper_dtype = _torch_chain.jax_dtype(flat.tree.hyper_dtype)
+    self._tree_leaf = flat.tree_leaf
+    self._treedef = flat.state_tree
 
     def update(hyper, grads, spare, state, params):
       del spare
-      updates, state = make(hyper).update(
-          {key: grads}, state, None if params is None else {key: params})
-      return updates[key], state
+      return flat.update(hyper, grads, state, params)
 
-    with _torch_chain.x64_scope(dtype):
-      hyper = {k: jax.ShapeDtypeStruct((), hyper_jax) for k in hyper_names}
-      vector = jax.ShapeDtypeStruct((size,), jax_dtype)
-      state = jax.eval_shape(init, hyper, vector)
-      params = vector if tree.needs_params else None
-      closed = jax.make_jaxpr(update)(hyper, vector, vector, state, params)
-    self.leaves = _torch_chain.describe_state(state, [key])
-    self._tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
-    self.usable = _torch_flat.corresponds(tree.state, self.leaves, size) and (
-        _torch_flat.is_elementwise(closed))
-    self._treedef = jax.tree.structure(state)
     # JAX pairs donated inputs with outputs of the same shape in argument order:
     # XLA writes the update into ``spare`` (last step's update buffer) or, where
     # the gradients were packed into that buffer, into ``grads``; each state
@@ -121,7 +97,6 @@ class FlatChain:
 
   def views(self, params: Sequence[torch.Tensor], state: Any) -> list[dict[str, torch.Tensor]]:
     """Per parameter, torch views of the flat JAX state, shaped as ``optimizer.state`` keeps them."""
-    sizes = [p.numel() for p in params]
     views: list[dict[str, torch.Tensor]] = [{} for _ in params]
     for leaf, value in zip(self.leaves, jax.tree.leaves(state)):
       tensor = torch.from_dlpack(value)
@@ -132,7 +107,7 @@ class FlatChain:
         continue
       shapes = [_torch_chain.storage_shape(self._tree_leaf[leaf.name, i], p)
                 for i, p in enumerate(params)]
-      for view, piece in zip(views, _torch_flat.Layout(sizes).views(tensor, shapes)):
+      for view, piece in zip(views, self._layout.views(tensor, shapes)):
         view[leaf.name] = piece
     return views
 

@@ -154,7 +154,7 @@ class Optimizer(torch.optim.Optimizer):
   def _reset_caches(self) -> None:
     """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
     self._lowered: dict[tuple, LoweredChain] = {}
-    self._flat_chains: dict[tuple, _torch_flat_jax.FlatChain] = {}
+    self._flat_chains: dict[int, _torch_flat_jax.FlatChain] = {}
     self._flat_cohorts: dict[tuple, Any] = {}  # JAX or torch flat state, per parameter set
     self._torch_flat_chains: dict[tuple, _torch_flat.FlatChain] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
@@ -516,11 +516,11 @@ class Optimizer(torch.optim.Optimizer):
 
   def _flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
                   params: Sequence[torch.Tensor]) -> _torch_flat_jax.FlatChain:
-    key = (id(chain), sum(p.numel() for p in params))
-    if key not in self._flat_chains:
-      self._flat_chains[key] = _torch_flat_jax.FlatChain(
-          self._make(static), names, chain, key[1], params[0].dtype)
-    return self._flat_chains[key]
+    """The JAX executor's chain: the flat trace (:meth:`_torch_flat_chain`), jitted."""
+    flat = self._torch_flat_chain(chain, names, static, params)
+    if id(flat) not in self._flat_chains:
+      self._flat_chains[id(flat)] = _torch_flat_jax.FlatChain(flat)
+    return self._flat_chains[id(flat)]
 
   def _torch_flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
                         arrays: Sequence[torch.Tensor]) -> _torch_flat.FlatChain:
