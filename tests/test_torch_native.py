@@ -731,23 +731,6 @@ def test_tensor_lr_with_more_than_one_element_raises_as_in_torch(kind):
   _assert_bit_identical(before, _snapshot(model, opt))
 
 
-@pytest.mark.parametrize('kind', FACTORY_OPTIMIZERS)
-def test_one_element_tensor_lr_of_any_shape_is_taken_as_in_torch(kind):
-  """A (1,)-shaped tensor lr steps as the same float (torch.optim takes it), and follows edits."""
-  torch.optim.Adam(_mlp().parameters(), lr=torch.tensor([0.1]))  # the behaviour to match
-  lr = torch.tensor([LR])
-  model, reference_model = _mlp(), _mlp()
-  opt = OPTIMIZERS[kind]([{'params': model.parameters(), 'lr': lr}])
-  reference_opt = OPTIMIZERS[kind](reference_model.parameters())
-  for m, o in ((model, opt), (reference_model, reference_opt)):
-    _train(m, o, _inputs(2))
-  _assert_bit_identical((model, opt), (reference_model, reference_opt))
-  lr.fill_(0.0)
-  before = [p.detach().clone() for p in model.parameters()]
-  _train(model, opt, _inputs(1))
-  assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-
-
 # -- 10. OneCycleLR ----------------------------------------------------------------------
 
 

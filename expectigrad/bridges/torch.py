@@ -56,16 +56,10 @@ def _accepted_names(transform: Any, defaults: Mapping[str, Any]) -> frozenset[st
 
 
 def _number(value: Any) -> Any:
-  """A numpy floating scalar or 0-d array as a Python float; a one-element tensor as a 0-d view.
-
-  torch.optim takes a tensor ``lr`` of one element in any shape; the view
-  follows in-place edits of the user's tensor. Anything else as it is.
-  """
+  """A numpy floating scalar or 0-d array as a Python float; anything else as it is."""
   if isinstance(value, (np.floating, np.ndarray)) and np.ndim(value) == 0 and (
       np.asarray(value).dtype.kind == 'f'):
     return float(value)
-  if isinstance(value, torch.Tensor) and value.ndim and value.numel() == 1:
-    return value.view(())
   return value
 
 
