@@ -19,17 +19,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-# The ResNet-18 parameter shapes (torchvision's resnet18(), 62 tensors, 11,689,512 elements).
-_BLOCK = lambda c_in, c_out: [(c_out, c_in, 3, 3), (c_out,), (c_out,), (c_out, c_out, 3, 3), (c_out,), (c_out,)]  # noqa: E731
-_DOWNSAMPLE = lambda c_in, c_out: [(c_out, c_in, 1, 1), (c_out,), (c_out,)]  # noqa: E731
-RESNET18_SHAPES: list[tuple[int, ...]] = [
-    (64, 3, 7, 7), (64,), (64,),
-    *_BLOCK(64, 64), *_BLOCK(64, 64),
-    *_BLOCK(64, 128), *_DOWNSAMPLE(64, 128), *_BLOCK(128, 128),
-    *_BLOCK(128, 256), *_DOWNSAMPLE(128, 256), *_BLOCK(256, 256),
-    *_BLOCK(256, 512), *_DOWNSAMPLE(256, 512), *_BLOCK(512, 512),
-    (1000, 512), (1000,),
-]
+def resnet18_shapes(width: float = 1.0) -> list[tuple[int, ...]]:
+  """ResNet-18's 62 parameter shapes (torchvision's resnet18()), channels scaled by ``width``."""
+  c1, c2, c3, c4 = (int(c * width) for c in (64, 128, 256, 512))
+  block = lambda c_in, c_out: [(c_out, c_in, 3, 3), (c_out,), (c_out,),  # noqa: E731
+                               (c_out, c_out, 3, 3), (c_out,), (c_out,)]
+  down = lambda c_in, c_out: [(c_out, c_in, 1, 1), (c_out,), (c_out,)]  # noqa: E731
+  return [(c1, 3, 7, 7), (c1,), (c1,), *block(c1, c1), *block(c1, c1),
+          *block(c1, c2), *down(c1, c2), *block(c2, c2), *block(c2, c3), *down(c2, c3),
+          *block(c3, c3), *block(c3, c4), *down(c3, c4), *block(c4, c4), (1000, c4), (1000,)]
+
+
+# 62 tensors, 11,689,512 elements.
+RESNET18_SHAPES: list[tuple[int, ...]] = resnet18_shapes()
 
 WORKLOADS: dict[str, list[tuple[int, ...]]] = {
     'W1': [(16_777_216,)],   # one large tensor: pure bandwidth

@@ -37,19 +37,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-
-def _resnet18(width: float) -> list[tuple[int, ...]]:
-  """ResNet-18's 62 parameter shapes, channels scaled by ``width``."""
-  c1, c2, c3, c4 = (int(c * width) for c in (64, 128, 256, 512))
-  block = lambda ci, co: [(co, ci, 3, 3), (co,), (co,), (co, co, 3, 3), (co,), (co,)]
-  down = lambda ci, co: [(co, ci, 1, 1), (co,), (co,)]
-  return [(c1, 3, 7, 7), (c1,), (c1,), *block(c1, c1), *block(c1, c1),
-          *block(c1, c2), *down(c1, c2), *block(c2, c2), *block(c2, c3), *down(c2, c3),
-          *block(c3, c3), *block(c3, c4), *down(c3, c4), *block(c4, c4), (1000, c4), (1000,)]
+from benchmarks import common
 
 
 # W1: one 4M-element tensor; W2: ResNet-18's 62 shapes at 0.58x width (4.0M elements).
-WORKLOADS = {'W1': [(4_194_304,)], 'W2': _resnet18(0.58)}
+WORKLOADS = {'W1': [(4_194_304,)], 'W2': common.resnet18_shapes(0.58)}
 
 # Ops that launch nothing: views, metadata, allocation without initialisation.
 _NO_KERNEL = frozenset({
