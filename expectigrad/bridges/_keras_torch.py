@@ -120,23 +120,16 @@ class Chain:
           and not torch.compiler.is_compiling() and self._flat.intact([_value(v) for v in state])):
         self._flat.step(values, [rate], grads)
         return
+      if in_place and not frozen:
+        self._lowered.step(values, current, [rate], grads, in_jax=in_jax,
+                           foreach=not torch.compiler.is_compiling())
+        return
       args = [rate, *grads, *current, *(values if self._lowered.needs_params else [])]
-      if in_jax:
-        outputs = self._lowered.run_in_jax(args)
-      else:
-        outputs = self._lowered.update(*args)
+      outputs = self._lowered.run_in_jax(args) if in_jax else self._lowered.update(*args)
       n = len(params)
       updates = [as_result(u, v.dtype, device, v.shape) for u, v in zip(outputs[:n], values)]
       new_state = [as_result(x, getattr(torch, leaf.dtype), device, leaf.shape)
                    for x, leaf in zip(outputs[n:], self.leaves)]
-      if in_place and not frozen:
-        torch._foreach_add_(values, updates)
-        if torch.compiler.is_compiling():  # see LoweredChain.step: Inductor and _foreach_copy_
-          for target, source in zip(current, new_state):
-            target.copy_(source)
-        else:
-          torch._foreach_copy_(current, new_state)
-        return
       for i, (variable, value, update) in enumerate(zip(params, values, updates)):
         if i not in frozen:
           assign(variable, value + update)
