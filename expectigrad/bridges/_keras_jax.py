@@ -53,8 +53,21 @@ class Chain:
     self._update: Callable = jax.jit(self._chain.update)
 
   def init(self, variables: Sequence[Any]) -> list[jax.Array]:
+    """The chain's initial state for the variables' current values; sets :attr:`leaves`' shapes.
+
+    A chain's state layout may depend on where the parameters live:
+    :func:`expectigrad.layout.ravel_short_minor_dims` keeps the state of a
+    parameter on several devices (any Keras distribution) in its shape, so
+    that it can be sharded like it, and ravels it on one device. The shapes
+    traced from shapes alone in the constructor are those of one device, so
+    the leaves take the shapes of the state initialised from the values, as
+    every jitted step will see them.
+    """
     with _conventions.x64_scope(self._dtypes):
-      return self._init([_value(v) for v in variables])
+      initial = self._init([_value(v) for v in variables])
+    self.leaves = [leaf._replace(shape=tuple(value.shape))
+                   for leaf, value in zip(self.leaves, initial)]
+    return initial
 
   def step(self, params, state, gradients, learning_rate, frozen, assign, in_place) -> None:
     """One step: reads the values, runs the chain, writes through ``assign``."""

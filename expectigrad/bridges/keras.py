@@ -62,6 +62,31 @@ def _shape(variable: Any) -> tuple[int, ...]:
   return tuple(int(d) for d in variable.shape)
 
 
+def _slot_layout(leaf: Any, variables: Sequence[Any]) -> Any:
+  """The layout of a state variable: its parameter's, as Keras's own optimizers give their slots.
+
+  Keras's ``add_variable_from_reference`` (Adam's moments) copies the
+  parameter's ``_layout``, so under a ``keras.distribution`` a slot is
+  sharded like its parameter. A state array of another shape than its
+  parameter's (a factored moment), or a shared one (a step count), gets
+  None: the distribution's default layout for its path, replicated unless
+  a ``LayoutMap`` names it.
+
+  Args:
+    leaf: a ``_conventions.NamedLeaf`` of the chain's state.
+    variables: the optimized variables, indexed by ``leaf.owner``.
+
+  Returns:
+    The owner's layout (a ``TensorLayout``, a backend layout or None), or None.
+  """
+  if leaf.owner is None:
+    return None
+  owner = variables[leaf.owner]
+  if tuple(leaf.shape) != _shape(owner):
+    return None
+  return getattr(owner, '_layout', None)
+
+
 class Optimizer(keras.optimizers.Optimizer):
   """A Keras optimizer that updates all variables with one optax chain.
 
@@ -153,6 +178,7 @@ class Optimizer(keras.optimizers.Optimizer):
               leaf.shape,
               initializer=lambda shape, dtype, value=value: value,
               dtype=leaf.dtype,
+              layout=_slot_layout(leaf, variables),
               name=(leaf.name if leaf.owner is None
                     else f'{_slot_prefix(variables[leaf.owner])}_{leaf.name}'),
           )
