@@ -32,17 +32,21 @@ def ravels(x: Any) -> bool:
   """Whether :func:`ravel_short_minor_dims` stores ``x``'s state raveled.
 
   True for an array of two or more dimensions whose minor dimension is below
-  :data:`MIN_VECTORISED_MINOR_DIM`, unless it is sharded (or traced under a
-  mesh): a sharded parameter keeps its layout so that its state is sharded
-  like it.
+  :data:`MIN_VECTORISED_MINOR_DIM`, unless it is on several devices (or
+  traced under a mesh of several devices): a sharded parameter keeps its
+  layout so that its state is sharded like it. A one-device mesh counts as
+  one device, so the answer does not change when a framework moves an array
+  between its device and a one-device mesh (Keras's ``DataParallel`` on a
+  one-device machine builds the variables on the device and runs the step
+  on the mesh).
   """
   shape = jnp.shape(x)
   if len(shape) < 2 or shape[-1] >= MIN_VECTORISED_MINOR_DIM:
     return False
-  if not jax.sharding.get_abstract_mesh().empty:
+  if jax.sharding.get_abstract_mesh().size > 1:
     return False
   aval_sharding = getattr(jax.typeof(x), 'sharding', None)
-  if aval_sharding is not None and not aval_sharding.mesh.empty:
+  if aval_sharding is not None and aval_sharding.mesh.size > 1:
     return False
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
     return len(x.sharding.device_set) == 1
