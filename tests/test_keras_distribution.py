@@ -29,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent('''
     import contextlib
     import json
+    import tempfile
     import jax
     jax.config.update('jax_enable_x64', True)
     import jax.numpy as jnp
@@ -82,10 +83,14 @@ SCRIPT = textwrap.dedent('''
     def on_first_device(array):
       return [list(s.data.shape) for s in array.addressable_shards if s.device == jax.devices()[0]][0]
 
+    def values(variables):
+      return [np.asarray(v.value).ravel().tolist() for v in variables]
+
     def run(name):
       with scope(name):
         fitted = model(Expectigrad(0.01))
         fitted.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+        fitted.save(f'{FOLDER}/{name}.keras')
         params, state = stateless(model(Expectigrad(0.01)).optimizer)
         adam = keras.optimizers.Adam(0.01)
         adam.build(fitted.trainable_variables)
@@ -102,15 +107,27 @@ SCRIPT = textwrap.dedent('''
             owner_shard=on_first_device(owner[0].value) if owner else None,
             adam_spec=adam_specs.get(owner[0].path.replace('/', '_') + '_momentum') if owner else None)
       return dict(
-          weights=[np.asarray(v.value).ravel().tolist() for v in fitted.weights],
-          state=[np.asarray(v.value).ravel().tolist() for v in fitted.optimizer.variables],
+          weights=values(fitted.weights), state=values(fitted.optimizer.variables),
           names=[v.name for v in fitted.optimizer.variables],
           stateless_params=[np.asarray(p).ravel().tolist() for p in params],
           stateless_state=[np.asarray(s).ravel().tolist() for s in state],
           stateless_specs=[spec(s) for s in state],
           layouts=layouts)
 
-    print(json.dumps({name: run(name) for name in RUNS}))
+    def resume(saved, name):
+      # One more epoch from the .keras file saved under the sharding ``saved``.
+      with scope(name):
+        resumed = keras.saving.load_model(f'{FOLDER}/{saved}.keras')
+        resumed.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+      return dict(weights=values(resumed.weights), state=values(resumed.optimizer.variables),
+                  specs=[spec(v.value) for v in resumed.optimizer.variables])
+
+    FOLDER = tempfile.mkdtemp()
+    runs = {name: run(name) for name in RUNS}
+    runs['resumed'] = {f'{saved} on {name}': resume(saved, name) for saved, name in [
+        ('one device', 'one device'), ('ModelParallel', 'one device'),
+        ('one device', 'ModelParallel')]}
+    print(json.dumps(runs))
 ''')
 
 
@@ -165,3 +182,14 @@ def test_model_parallel_shards_every_kernels_state_over_the_model_axis(runs):
       assert 4 * math.prod(layout['shard']) == math.prod(layout['owner_shape']), (variable, layout)
   one = runs['one device']['layouts']
   assert one['mlp_out_kernel_momentum']['shard'] == [256]  # raveled on one device
+
+
+def test_keras_files_move_between_one_device_and_model_parallel(runs):
+  """A .keras file saved under one sharding resumes under the other as on one device."""
+  resumed = runs['resumed']
+  expected = resumed['one device on one device']
+  for case in ['ModelParallel on one device', 'one device on ModelParallel']:
+    assert max_difference(expected['weights'], resumed[case]['weights']) < 1e-12, case
+    assert max_difference(expected['state'], resumed[case]['state']) < 1e-12, case
+  layouts = runs['ModelParallel']['layouts'].values()
+  assert resumed['one device on ModelParallel']['specs'] == [layout['spec'] for layout in layouts]

@@ -20,9 +20,11 @@ class, through its public hooks only: ``build``, ``apply`` and
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 
 from expectigrad.bridges import _conventions
 
@@ -60,6 +62,14 @@ def _slot_prefix(variable: Any) -> str:
 
 def _shape(variable: Any) -> tuple[int, ...]:
   return tuple(int(d) for d in variable.shape)
+
+
+def _in_shape(value: Any, variable: Any) -> Any:
+  """``value`` reshaped to ``variable``'s shape if only the shape differs, else as it is."""
+  shape = _shape(variable)
+  if tuple(value.shape) != shape and math.prod(value.shape) == math.prod(shape):
+    return np.reshape(value, shape)
+  return value
 
 
 def _slot_layout(leaf: Any, variables: Sequence[Any]) -> Any:
@@ -184,6 +194,26 @@ class Optimizer(keras.optimizers.Optimizer):
           )
           for leaf, value in zip(self._chain.leaves, initial)
       ]
+
+  def load_own_variables(self, store) -> None:
+    """Loads the state as Keras's optimizers do, whether it was saved raveled or not.
+
+    A chain's state layout may depend on where the parameters live:
+    :func:`expectigrad.layout.ravel_short_minor_dims` ravels a small
+    kernel's state on one device and keeps its shape on several (any
+    ``keras.distribution``). So that a ``.keras`` file moves between
+    shardings, as one of Keras's Adam does, a saved array of another shape
+    than its variable's but as many elements takes the variable's shape
+    (row-major, as raveled).
+
+    Args:
+      store: the saved arrays, keyed ``'0'``, ``'1'``, ... in
+        :attr:`variables` order.
+    """
+    if len(store.keys()) == len(self.variables):
+      store = {str(i): _in_shape(store[str(i)], variable)
+               for i, variable in enumerate(self.variables)}
+    super().load_own_variables(store)
 
   def apply(self, grads, trainable_variables=None):
     """Checks the gradients' shapes, then applies them as any Keras optimizer.
