@@ -94,7 +94,7 @@ class Chain:
       self._flat = _torch_flat.Cohort(self._flat_chain)
       # Keras keeps a torch.nn.Parameter it is given as the variable's tensor,
       # so the variables hold the views themselves.
-      return self._flat.adopt(state, values, wrap=lambda t: torch.nn.Parameter(
+      return self._flat.adopt(state, values, wrap=lambda t, _: torch.nn.Parameter(
           t, requires_grad=False))
 
   def step(self, params, state, gradients, learning_rate, frozen, assign, in_place) -> None:

@@ -146,7 +146,7 @@ class LoweredChain:
 
   def step(self, params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
            hyper: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *,
-           in_jax: bool = False, foreach: bool = True) -> None:
+           in_jax: bool = False, foreach: bool = True, per_tensor: bool = False) -> None:
     """One step, in place: the lowered update (or the JAX runtime), written back.
 
     Args:
@@ -160,14 +160,17 @@ class LoweredChain:
         (eager), or tensor by tensor (for a compiler: Inductor's lowering
         of ``_foreach_copy_`` in torch 2.13 can read a tensor it has already
         overwritten; a compensated sum then came out wrong).
+      per_tensor: run the update too one equation at a time, and write
+        tensor by tensor (DTensors: torch has no sharding rule for some
+        foreach kernels).
     """
     state_in = [t.view(leaf.shape) for t, leaf in zip(targets, self.state)]
     args = [*hyper, *grads, *state_in, *(params if self.needs_params else [])]
-    outputs = self.run_in_jax(args) if in_jax else self.update(*args)
+    outputs = self.run_in_jax(args) if in_jax else self.update(*args, foreach=not per_tensor)
     updates, new_state = list(outputs[:len(params)]), outputs[len(params):]
     sources = [as_result(value, leaf.dtype, dst.device, leaf.shape).reshape(dst.shape)
                for dst, value, leaf in zip(targets, new_state, self.state)]
-    if foreach:
+    if foreach and not per_tensor:
       torch._foreach_add_(list(params), updates)
       # One call per pair of dtypes: a list of one dtype stays on ATen's fast route.
       pairs: dict[tuple, tuple[list, list]] = {}

@@ -204,13 +204,15 @@ class Cohort:
         a is b for a, b in zip(tensors, self._handed_out))
 
   def adopt(self, tensors: Sequence[torch.Tensor], arrays: Sequence[torch.Tensor],
-            wrap: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> list[torch.Tensor]:
+            wrap: Callable[[torch.Tensor, int | None], torch.Tensor] = lambda t, owner: t
+            ) -> list[torch.Tensor]:
     """Copies the state ``tensors`` into new flat buffers; returns what to keep instead.
 
     Args:
       tensors: the current state, in tree order.
       arrays: the parameters as the chain sees them (real views of complex ones).
-      wrap: applied to each view before it is handed out.
+      wrap: applied to each view, with the position of the parameter it
+        belongs to (None for a shared leaf), before it is handed out.
 
     Returns:
       The views, and the shared leaves' tensors, each wrapped, in tree order.
@@ -222,15 +224,15 @@ class Cohort:
     for leaf in self.chain.leaves:
       if leaf.owner is None:
         k = position[leaf.name, None]
-        handed[k] = wrap(tensors[k])
+        handed[k] = wrap(tensors[k], None)
         self._buffers.append(handed[k])
         continue
       flat = torch.zeros(layout.size, dtype=leaf.dtype, device=arrays[0].device)
       where = [position[leaf.name, i] for i in range(len(arrays))]
       parts = layout.views(flat, [tuple(tensors[k].shape) for k in where])
       torch._foreach_copy_(parts, [tensors[k] for k in where])
-      for k, part in zip(where, parts):
-        handed[k] = wrap(part)
+      for i, (k, part) in enumerate(zip(where, parts)):
+        handed[k] = wrap(part, i)
       self._buffers.append(flat)
     self._handed_out = handed
     return list(handed)

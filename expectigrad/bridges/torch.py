@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _conventions, _torch_chain, _torch_flat, _torch_flat_jax
+from expectigrad.bridges import _torch_dtensor, _conventions, _torch_chain, _torch_flat, _torch_flat_jax
 from expectigrad.bridges._torch_chain import LoweredChain
 
 # torch's names for hyperparameters -> the factory's keyword names. Keys not
@@ -151,6 +151,9 @@ class Optimizer(torch.optim.Optimizer):
     self._flat_chains: dict[int, _torch_flat_jax.FlatChain] = {}
     self._flat_cohorts: dict[tuple, Any] = {}  # JAX or torch flat state, per parameter set
     self._torch_flat_chains: dict[tuple, _torch_flat.FlatChain] = {}
+    # (chain, shard shapes) -> the chain over DTensor parameters' shards and its flat
+    # trace, or None where it steps the DTensors themselves (see _on_shards).
+    self._shard_chains: dict[tuple, tuple | None] = {}
     self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
     self._checked: dict[int, tuple] = {}
     self._warned: set[str] = set()
@@ -362,8 +365,13 @@ class Optimizer(torch.optim.Optimizer):
                   params: list[torch.Tensor], arrays: list[torch.Tensor]) -> None:
     """Fresh state for parameters that never stepped, from the lowered ``init``.
 
-    ``arrays`` are the parameters as the chain sees them (see :func:`_as_real`).
+    ``arrays`` are the parameters as the chain sees them (see :func:`_as_real`),
+    or, for DTensor parameters and an elementwise chain, their local shards
+    (``chain`` then is the chain over the shards): the state of a DTensor
+    parameter is placed like it (see :mod:`._torch_dtensor`).
     """
+    on_shards = _torch_dtensor.is_distributed(params[0]) and not (
+        _torch_dtensor.is_distributed(arrays[0]))
     values = chain.init(*hyper, *arrays)
     for p in params:
       self.state[p] = {}
@@ -372,6 +380,10 @@ class Optimizer(torch.optim.Optimizer):
       p, shape = params[i], _torch_chain.storage_shape(leaf, arrays[i])
       tensor = _torch_chain.as_result(value, leaf.dtype, p.device, leaf.shape).reshape(
           shape).clone(memory_format=torch.contiguous_format)
+      if on_shards and leaf.owner is not None:
+        tensor = _torch_dtensor.wrap_like(tensor, p)
+      elif _torch_dtensor.is_distributed(p) and not on_shards:
+        tensor = _torch_dtensor.place_like(tensor, p)
       # A shared leaf (a step count) is one tensor held by every parameter.
       for owner in (params if leaf.owner is None else [p]):
         self.state[owner][leaf.name] = tensor
@@ -422,6 +434,9 @@ class Optimizer(torch.optim.Optimizer):
       for params in self._stepping_cohorts(index):
         chain, arrays, hyper = self._inputs(params, traced, static)
         if not self.state[params[0]]:
+          sharded = self._on_shards(params, arrays, traced, static)
+          if sharded is not None:
+            chain, _, arrays = sharded
           self._init_state(chain, hyper, params, arrays)
 
   def _stepping_cohorts(self, group_index: int) -> list[list[torch.Tensor]]:
@@ -448,6 +463,9 @@ class Optimizer(torch.optim.Optimizer):
     grads = [_as_real(p.grad.to_dense() if p.grad.is_sparse else p.grad) for p in params]
     if maximize:
       grads = torch._foreach_neg(grads)
+    if _torch_dtensor.is_distributed(params[0]):
+      self._step_distributed(chain, params, arrays, hyper, grads, traced, static)
+      return
     in_jax = self._runs_in_jax(chain)
     if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
       flat = self._flat_chain(chain, tuple(sorted(traced)), static, params)
@@ -460,9 +478,7 @@ class Optimizer(torch.optim.Optimizer):
       if lean.usable:
         self._lean_cohort(lean, params, arrays).step(arrays, hyper, grads)
         return
-    self._share(chain, params)
-    targets = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
-               for leaf in chain.state]
+    targets = self._targets(chain, params)
     # Inside a caller's torch.compile the step is one opaque op, compiled on
     # its own (see _inductor), except for complex parameters: Inductor cannot
     # functionalize an op writing into a view of a complex graph input, so
@@ -473,6 +489,72 @@ class Optimizer(torch.optim.Optimizer):
     else:
       chain.step(arrays, targets, hyper, grads, in_jax=in_jax,
                  foreach=not torch.compiler.is_dynamo_compiling())
+
+  def _targets(self, chain: LoweredChain, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The state tensors a step of ``chain`` overwrites, one per state leaf (shared ones made one)."""
+    self._share(chain, params)
+    return [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
+            for leaf in chain.state]
+
+  def _step_distributed(self, chain: LoweredChain, params: list[torch.Tensor],
+                        arrays: list[torch.Tensor], hyper: list[torch.Tensor],
+                        grads: list[torch.Tensor], traced: dict, static: tuple) -> None:
+    """One step of DTensor parameters (see :mod:`._torch_dtensor`).
+
+    An elementwise chain runs on the local shards, as plain tensors do.
+    Any other runs on the DTensors, one equation at a time (DTensor has no
+    sharding rule for some foreach kernels, and Inductor's compile of the
+    step takes no DTensors: with ``compile=True`` too), eagerly or traced
+    by the caller's ``torch.compile``.
+
+    Raises:
+      NotImplementedError: for a chain with primitives the lowering lacks.
+    """
+    sharded = self._on_shards(params, arrays, traced, static)
+    if sharded is not None:
+      self._step_shards(*sharded, params, hyper, grads)
+      return
+    if chain.unsupported:
+      raise NotImplementedError(
+          f'this chain uses the JAX primitive(s) {", ".join(sorted(chain.unsupported))}, '
+          'which the torch lowering lacks, and the JAX runtime cannot step DTensor parameters.')
+    with _torch_dtensor.replicating():
+      chain.step(arrays, self._targets(chain, params), hyper, grads, per_tensor=True)
+
+  def _on_shards(self, params: list[torch.Tensor], arrays: list[torch.Tensor], traced: dict,
+                 static: tuple) -> tuple[LoweredChain, _torch_flat.FlatChain, list] | None:
+    """For DTensor parameters and an elementwise chain: the chain over their local shards.
+
+    Returns:
+      ``(chain, flat chain, shards)``, the chain lowered for this rank's
+      shards and its flat trace, or None for plain parameters and where the
+      chain is not elementwise (it then steps the DTensors themselves).
+    """
+    if not _torch_dtensor.is_distributed(params[0]):
+      return None
+    shards = [_torch_dtensor.local(a) for a in arrays]
+    key = (self._chain(tuple(sorted(traced)), static, arrays),
+           tuple(tuple(s.shape) for s in shards))
+    if key not in self._shard_chains:  # (in _init_group: never under Dynamo's trace)
+      names = tuple(sorted(traced))
+      chain = self._chain(names, static, shards)
+      flat = self._torch_flat_chain(chain, names, static, shards)
+      self._shard_chains[key] = (chain, flat) if flat.usable else None
+    found = self._shard_chains[key]
+    return None if found is None else (*found, shards)
+
+  def _step_shards(self, chain: LoweredChain, flat: _torch_flat.FlatChain,
+                   shards: list[torch.Tensor], params: list[torch.Tensor],
+                   hyper: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """One step of DTensor parameters on their local shards (an elementwise chain)."""
+    grads = [_torch_dtensor.local(g) for g in grads]
+    if not torch.compiler.is_dynamo_compiling() and not self._compile:
+      wrap = lambda shard, owner: (  # noqa: E731
+          shard if owner is None else _torch_dtensor.wrap_like(shard, params[owner]))
+      self._lean_cohort(flat, params, shards, wrap).step(shards, hyper, grads)
+      return
+    targets = [_torch_dtensor.local(t) for t in self._targets(chain, params)]
+    chain.compiled_step(*shards, *targets, *hyper, *grads)
 
   def _cached_cohort(self, chain: Any, params: list[torch.Tensor], make: Callable[[], Any]) -> Any:
     """The flat state of these parameters, made by ``make`` if they did not step together before.
@@ -494,8 +576,14 @@ class Optimizer(torch.optim.Optimizer):
     return self._cached_cohort(flat, params, lambda: _torch_flat_jax.Cohort(flat, params))
 
   def _lean_cohort(self, lean: _torch_flat.FlatChain, params: list[torch.Tensor],
-                   arrays: list[torch.Tensor]) -> _torch_flat.Cohort:
-    """The flat torch state of these parameters, ``optimizer.state[p]`` holding its views."""
+                   arrays: list[torch.Tensor],
+                   wrap: Callable[[torch.Tensor, int | None], torch.Tensor] | None = None
+                   ) -> _torch_flat.Cohort:
+    """The flat torch state of these parameters, ``optimizer.state[p]`` holding its views.
+
+    ``wrap`` makes what ``optimizer.state`` holds of each view (DTensors
+    over the shards of DTensor parameters, whose ``arrays`` are the shards).
+    """
     cohort = self._cached_cohort(lean, params, lambda: _torch_flat.Cohort(lean))
     leaves = lean.tree.state
     held = [self.state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
@@ -503,7 +591,9 @@ class Optimizer(torch.optim.Optimizer):
     shared = all(self.state[p][leaf.name] is tensor for leaf, tensor in zip(leaves, held)
                  if leaf.owner is None for p in params)
     if not (shared and cohort.intact(held)):
-      for leaf, tensor in zip(leaves, cohort.adopt(held, arrays)):
+      held = [_torch_dtensor.local(t) for t in held]
+      adopted = cohort.adopt(held, arrays) if wrap is None else cohort.adopt(held, arrays, wrap)
+      for leaf, tensor in zip(leaves, adopted):
         for p in (params if leaf.owner is None else [params[leaf.owner]]):
           self.state[p][leaf.name] = tensor
     return cohort
