@@ -8,27 +8,32 @@ import socket
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from expectigrad.cli import reddi, reproduce
-from expectigrad.cli.frameworks import jax_mlp
-from expectigrad.cli.main import EXPERIMENT_NAMES, build_parser, main
-from expectigrad.cli.reproduce import ablations, lr_robustness, mlp_grid, online, reddi_sweep
-from expectigrad.cli.task import make_task
+from expectigrad.cli.experiments import EXPERIMENT_NAMES, FULL_SEEDS
+from expectigrad.cli.main import build_parser, main
+from expectigrad.cli.reproduce import ablations, drift, grid, online, optimizers, protocol, quadratic, reddi_sweep, sparse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # A few seconds per experiment; C = 10 with the paper's beta2 = 1/101 is where Adam fails.
 TINY = reproduce.Config(reddi_cs=(3.0, 10.0), reddi_beta2s=(0.1, 0.999), reddi_steps=3000,
-                        online_steps=20_000, online_records=100, lrs=(1e-3, 1e-2, 1e-1), seeds=3,
-                        train_steps=200, datasets=('digits',))
+                        online_steps=20_000, online_records=100, seeds=3, lrs=(1e-3, 1e-2, 1e-1),
+                        drift_steps=2000, quadratic_steps=100, sparse_vocab=1000, sparse_examples=2048)
 
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
-  """Every experiment of :data:`TINY` once: (output directory, results, results.md text)."""
+  """Every experiment of :data:`TINY` once, offline: (output directory, results, results.md text)."""
+  def no_network(*args, **kwargs):
+    raise AssertionError('reproduce must not use the network')
   out = tmp_path_factory.mktemp('reproduce')
-  results = reproduce.run_reproduce(out, TINY, seed=0, progress=False)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(socket.socket, 'connect', no_network)
+    results = reproduce.run_reproduce(out, TINY, seed=0, progress=False)
   return out, results, (out / reproduce.RESULTS).read_text()
 
 
@@ -53,6 +58,7 @@ def test_every_experiment_writes_its_figure_and_a_section(tiny_run, capsys):
     assert f']({name}.png)' in text and results['wall_s'][name] > 0
   assert text.startswith('# ') and f'{results["total_s"]:.1f} s in all' in text
   assert list(reproduce.EXPERIMENTS) == list(EXPERIMENT_NAMES)
+  assert f'jax {jax.__version__}' in text and f'optax {optax.__version__}' in text and 'cores' in text
 
 
 def test_reddi_sweep_sends_adam_to_the_worst_point_and_expectigrad_to_the_optimum(tiny_run):
@@ -89,102 +95,180 @@ def test_online_regret_and_points_are_consistent(tiny_run):
   result = tiny_run[1]['online']
   stride = TINY.online_steps // TINY.online_records
   np.testing.assert_array_equal(result.t, stride * np.arange(1, TINY.online_records + 1))
+  assert result.seeds == (0, 1, 2)
   for name in online.optimizers():
-    assert result.x[name].shape == result.average_regret[name].shape == (TINY.online_records, 2)
+    assert result.x[name].shape == result.average_regret[name].shape == (TINY.seeds, TINY.online_records, 2)
     assert np.isfinite(result.average_regret[name]).all() and (np.abs(result.x[name]) <= 1).all()
-  # Already after 2e4 rounds Adam sits at the worst point of the online problem; the others below 0.
-  assert result.x['adam'][-1, 0] > 0.99
-  assert result.x['amsgrad'][-1, 0] < 0 and result.x['expectigrad'][-1, 0] < 0
+    # The online problem has no randomness: every seed's lane is the same run.
+    assert (result.x[name][:, :, 0] == result.x[name][0, :, 0]).all()
+  assert result.x['adam'][0, -1, 0] > 0.99
+  assert result.x['amsgrad'][0, -1, 0] < 0 and result.x['expectigrad'][0, -1, 0] < 0
+  assert len(set(result.mean_gradient[:, 1].tolist())) == TINY.seeds   # the seeds draw differently
 
 
 def test_online_regret_is_the_sum_of_losses_against_the_optimum():
-  """Recording every round, R_t / t equals sum_s g_s (x_{s-1} + 1) / t computed here."""
-  steps, seed = 404, 7
-  result = online.simulate(steps, steps, seed, reproduce.Context(TINY, progress=False))
-  with jax.enable_x64(True):
-    g = np.asarray(jax.vmap(lambda t: online.gradients(t, jax.random.key(seed)))(jnp.arange(1, steps + 1)))
-  assert (g[:, 0] == 1010).sum() == 4 and set(np.unique(g).tolist()) == {-10.0, 1010.0}
-  t = np.arange(1, steps + 1)[:, None]
-  for name in online.optimizers():
-    played = np.vstack([np.zeros((1, 2)), result.x[name][:-1]])   # x_t is played before g_t is seen
-    np.testing.assert_allclose(result.average_regret[name], np.cumsum(g * (played + 1), axis=0) / t,
-                               rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(result.mean_gradient, g.mean(axis=0), rtol=1e-12)
+  """Recording every round, R_t / t equals sum_s g_s (x_{s-1} + 1) / t computed here, for each seed."""
+  steps, seeds = 404, (7, 8)
+  result = online.simulate(steps, steps, seeds, reproduce.Context(TINY, progress=False))
+  for row, seed in enumerate(seeds):
+    with jax.enable_x64(True):
+      g = np.asarray(jax.vmap(lambda t, s=seed: online.gradients(t, jax.random.key(s)))(jnp.arange(1, steps + 1)))
+    assert set(np.unique(g).tolist()) == {-10.0, 1010.0}
+    t = np.arange(1, steps + 1)[:, None]
+    for name in online.optimizers():
+      played = np.vstack([np.zeros((1, 2)), result.x[name][row, :-1]])   # x_t is played before g_t is seen
+      np.testing.assert_allclose(result.average_regret[name][row], np.cumsum(g * (played + 1), axis=0) / t,
+                                 rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(result.mean_gradient[row], g.mean(axis=0), rtol=1e-12)
 
 
-def test_online_table_holds_the_returned_numbers(tiny_run):
+def test_online_tables_hold_the_returned_numbers(tiny_run):
   _, results, text = tiny_run
   result = results['online']
-  (rows,) = tables_after(text, 'Reddi et al. (2018) section 5')
-  expected = [[problem, name, f'{result.x[name][-1, p]:+.4f}', f'{result.average_regret[name][-1, p]:.4f}']
-              for p, problem in enumerate(online.PROBLEMS) for name in online.optimizers()]
-  assert rows == expected
+  deterministic, stochastic = tables_after(text, 'Reddi et al. (2018) section 5')
+  assert deterministic == [[name, f'{result.x[name][0, -1, 0]:+.4f}', f'{result.final_regret(name, "online")[0]:.4f}']
+                           for name in online.optimizers()]
+  for row, name in zip(stochastic, online.optimizers(), strict=True):
+    regret = result.final_regret(name, 'stochastic')
+    assert row[:3] == [name, f'{result.x[name][:, -1, 1].mean():.3f} ± {result.x[name][:, -1, 1].std(ddof=1):.3f}',
+                       f'{regret.mean():.3g} ± {regret.std(ddof=1):.3g}']
 
 
-def test_lr_grid_has_accuracies_in_range_and_trains(tiny_run):
-  grids = tiny_run[1]['lr-robustness']
-  assert list(grids) == ['digits'] and list(grids['digits']) == list(lr_robustness.OPTIMIZERS)
-  for name, grid in grids['digits'].items():
-    assert grid.test_accuracy.shape == grid.train_loss.shape == (TINY.seeds, len(TINY.lrs))
-    assert ((grid.test_accuracy >= 0) & (grid.test_accuracy <= 1)).all()
-    assert grid.test_accuracy[:, grid.best()].mean() > 0.8, name
-    assert grid.test_accuracy.std(axis=0).max() > 0, name   # seeds differ: weights, batches, split
-    assert grid.lrs[grid.best()] in grid.working_lrs()
+def test_compare_calls_by_two_standard_errors():
+  reference = np.zeros(3)
+  # differences 1, 2, 3: mean 2, standard error 1 / sqrt(3), so 2 SE = 1.15 < 2
+  assert protocol.compare(reference, np.array([1.0, 2.0, 3.0])) == protocol.Comparison(2.0, 1 / np.sqrt(3), 'win')
+  assert protocol.compare(reference, -np.array([1.0, 2.0, 3.0])).call == 'loss'
+  assert protocol.compare(reference, np.array([-1.0, 2.0, 0.5])).call == 'tie'   # mean 0.5, 2 SE 1.73
+  assert protocol.compare(np.array([1.0, np.inf]), np.array([2.0, 3.0])).call == 'loss'
+  assert protocol.compare(np.array([1.0, 2.0]), np.array([np.nan, 3.0])).call == 'win'
+  with pytest.raises(ValueError, match='>= 2 seeds'):
+    protocol.compare(np.zeros(1), np.zeros(1))
 
 
-def test_lr_and_ablation_tables_hold_the_returned_numbers(tiny_run):
+def test_the_learning_rate_is_chosen_on_validation_only():
+  """Test data that would pick another rate changes nothing but the reported value."""
+  lrs = (1e-3, 1e-2, 1e-1, 1.0)
+  validation = np.array([[2.0, 1.05, 1.0, np.inf], [2.2, 1.08, 1.0, 3.0]])
+  test = np.array([[0.1, 5.0, 4.0, 0.0], [0.1, 5.0, 4.0, 0.0]])
+  scores = protocol.Scores(lrs, (0, 1), validation, test, {}, 1e-2)
+  assert scores.chosen() == 2 and scores.default() == 1
+  np.testing.assert_array_equal(scores.at_chosen(), [4.0, 4.0])
+  # 1e-2 is within 10% of the best (1.065 <= 1.1), 1e-3 is not, 1.0 diverged in one seed
+  assert scores.near_best() == (1e-2, 1e-1) and scores.width_decades() == pytest.approx(1.0)
+
+
+def test_tuned_tables_have_n_the_rule_and_the_returned_numbers(tiny_run):
   _, results, text = tiny_run
-  for experiment, marker in (('lr-robustness', 'Robustness'), ('ablations', 'Ablations')):
-    grids = results[experiment]['digits']
-    summary, accuracy, *rest = tables_after(text, marker)
-    for row, (name, grid) in zip(summary, grids.items(), strict=True):
-      b = grid.best()
-      assert row[0] == name
-      assert row[-4:-1] == [f'{grid.lrs[b]:.1e}', mlp_grid.format_loss(grid.train_loss[:, b].mean()),
-                            f'{grid.test_accuracy[:, b].mean():.3f} ± {grid.test_accuracy[:, b].std():.3f}']
-    for row, grid in zip(accuracy, grids.values(), strict=True):
-      assert [float(cell) for cell in row[1:]] == pytest.approx(grid.test_accuracy.mean(axis=0), abs=5e-4)
-    if experiment == 'lr-robustness':
-      (loss,) = rest
-      for row, grid in zip(loss, grids.values(), strict=True):
-        assert row[1:] == [mlp_grid.format_loss(v) for v in grid.train_loss.mean(axis=0)]
+  assert protocol.RULE in text
+  for name, marker in (('sparse', 'Sparse embeddings'), ('quadratic', 'Noisy quadratic'), ('drift', 'A drifting')):
+    tuned = results[name].tuned if name == 'drift' else results[name]
+    assert f'test {tuned.metric}, n={TINY.seeds}' in text
+    summary = tables_after(text, marker)[0]
+    for row, (optimizer, s) in zip(summary, tuned.scores.items(), strict=True):
+      chosen = int(np.argmin(s.validation.mean(axis=0)))   # independently: the best mean validation metric
+      values = s.test[:, chosen]
+      assert row[:3] == [optimizer, f'{s.lrs[chosen]:.1e}', f'{values.mean():.3g} ± {values.std(ddof=1):.3g}']
+      if optimizer != protocol.REFERENCE:
+        reference = tuned.scores[protocol.REFERENCE]
+        difference = values - reference.test[:, int(np.argmin(reference.validation.mean(axis=0)))]
+        mean, two_se = difference.mean(), 2 * difference.std(ddof=1) / np.sqrt(TINY.seeds)
+        assert row[3] == f'{"+" if mean >= 0 else "-"}{abs(mean):.3g} ± {two_se:.3g}'
+        assert row[4] == ('win' if mean > two_se else 'loss' if mean < -two_se else 'tie')
 
 
-def test_ablation_corners_reuse_the_lr_grids_and_the_others_differ(tiny_run):
+def test_every_comparison_is_in_the_claims_table(tiny_run):
+  _, results, text = tiny_run
+  rows = tables_after(text, reproduce.runner.CLAIMS_TITLE)[0]
+  expected = [(name, competitor, c.call) for name, module in reproduce.EXPERIMENTS.items()
+              if hasattr(module, 'claims') for _, competitor, c in module.claims(results[name])]
+  assert [(row[0], row[2], row[4]) for row in rows] == expected
+  assert {'sparse', 'drift', 'quadratic', 'online', 'ablations'} <= {row[0] for row in rows}
+
+
+def test_seeds_are_paired_and_held_out_data_is_never_trained_on(tiny_run):
   results = tiny_run[1]
-  lr_grids, ablation_grids = results['lr-robustness']['digits'], results['ablations']['digits']
-  assert list(ablation_grids) == list(ablations.VARIANTS)
-  assert ablation_grids['expectigrad'] is lr_grids['expectigrad'] and ablation_grids['adam'] is lr_grids['adam']
+  for name in ('sparse', 'quadratic'):
+    assert {s.seeds for s in results[name].scores.values()} == {(0, 1, 2)}
+  context = reproduce.Context(TINY, progress=False)
+  data = sparse.data(context)
+  stream = np.asarray(data.batches['ids'])
+  assert stream.shape == (TINY.seeds, TINY.sparse_examples // sparse.BATCH, sparse.BATCH, sparse.FIELDS, sparse.BAG)
+  validation, test = (np.asarray(data.held_out[split]['ids']) for split in grid.SPLITS)
+  assert not np.array_equal(validation, test) and not np.array_equal(stream[0, :2].reshape(-1, 4, 2), test[0, :128])
+  # The same seed makes the same data (every optimizer trains on it); another seed does not.
+  np.testing.assert_array_equal(np.asarray(sparse.data(context).batches['ids']), stream)
+  assert not np.array_equal(stream[0], stream[1])
+
+
+def test_a_grid_lane_is_a_plain_optax_loop():
+  """Seed 1 at the second learning rate of the vmapped grid trains like a loop of optax updates."""
+  context = reproduce.Context(dataclasses.replace(TINY, seeds=2, lrs=(1e-3, 3e-2), sparse_examples=640),
+                              progress=False)
+  problem, data = sparse.problem(context), sparse.data(context)
+  metrics = grid.train(problem, optimizers.adam, data, context.config.lrs, lambda n: None)
+  params = problem.init(data.keys[1])
+  opt = optax.adam(3e-2, b1=0.9, eps=1e-8)
+  state = opt.init(params)
+  for step in range(data.steps):
+    batch = jax.tree.map(lambda a, step=step: a[1, step], data.batches)
+    updates, state = opt.update(jax.grad(problem.loss)(params, batch), state, params)
+    params = optax.apply_updates(params, updates)
+  test = jax.tree.map(lambda a: a[1], data.held_out['test'])
+  logits = sparse._logits(params, test['ids'])   # pylint: disable=protected-access
+  labels = np.asarray(test['labels'])
+  log_loss = np.mean(np.logaddexp(0, logits) - labels * logits)
+  np.testing.assert_allclose(metrics['test']['log-loss'][1, 1], log_loss, rtol=1e-4)
+  np.testing.assert_allclose(metrics['test']['AUC'][1, 1], roc_auc_score(labels, logits), rtol=1e-5)
+
+
+def test_sparse_rare_examples_have_an_id_seen_fewer_than_five_times():
+  train, validation, _ = sparse._seed_data(500, 1024, 3)   # pylint: disable=protected-access
+  ids = train['ids'].reshape(-1, sparse.FIELDS, sparse.BAG)
+  for example, rare in zip(validation['ids'][:50], validation['rare'][:50]):
+    counts = [np.sum(ids[:, f] == i) for f in range(sparse.FIELDS) for i in example[f]]
+    assert bool(rare) == (min(counts) < sparse.RARE_COUNT)
+
+
+def test_quadratic_is_deepobs_and_its_minibatch_gradient_is_exact():
+  eigenvalues = np.linalg.eigvalsh(quadratic.hessian())
+  assert ((eigenvalues[:90] > 0) & (eigenvalues[:90] < 1)).all()
+  assert ((eigenvalues[90:] > 30) & (eigenvalues[90:] < 60)).all()
+  h = jnp.asarray(quadratic.hessian(), jnp.float32)
+  theta = jnp.linspace(-1, 1, quadratic.DIMENSION)
+  samples = jax.random.normal(jax.random.key(0), (quadratic.BATCH, quadratic.DIMENSION))
+  full = jax.grad(quadratic._loss_on, argnums=1)(h, theta, samples)   # pylint: disable=protected-access
+  np.testing.assert_allclose(full, h @ (theta - samples.mean(axis=0)), rtol=1e-4, atol=1e-4)
+
+
+def test_drift_regret_with_a_frozen_point_is_the_distance_to_the_walk():
+  """At learning rate 0, x stays at theta_0: R_T / T is the mean of 0.5 |theta_0 - theta_t|^2 over the walk."""
+  config = dataclasses.replace(TINY, seeds=2, lrs=(0.0,), drift_steps=300, online_records=3)
+  context = reproduce.Context(config, progress=False)
+  regret = drift.simulate(context, optimizers.sgd_momentum, lambda n: None)
+  assert regret.shape == (4, 1, 3)
+  key = drift._stream_keys(context)[3]   # pylint: disable=protected-access
+  theta0 = theta = jax.random.normal(key, (drift.DIMENSION,))
+  losses = []
+  for t in range(1, 301):
+    theta, _, _ = drift._round(key, t, theta)   # pylint: disable=protected-access
+    losses.append(0.5 * float(jnp.sum((theta0 - theta) ** 2)))
+  np.testing.assert_allclose(regret[3, 0], np.cumsum(losses)[[99, 199, 299]] / [100, 200, 300], rtol=1e-4)
+
+
+def test_ablation_corners_reuse_the_sparse_grids_and_the_others_differ(tiny_run):
+  results = tiny_run[1]
+  variants = results['ablations'].tasks['sparse'].scores
+  assert list(variants) == list(ablations.VARIANTS)
+  assert variants['expectigrad'] is results['sparse'].scores['expectigrad']
+  assert variants['adam'] is results['sparse'].scores['adam']
   for name in ('arithmetic + inner', 'EMA + outer'):
-    assert not np.allclose(ablation_grids[name].train_loss, lr_grids['expectigrad'].train_loss), name
-
-
-def test_a_grid_lane_is_the_demo_trainer():
-  """Seed 0 at lr 1e-3 in the vmapped grid trains exactly like the demo's jitted JAX trainer."""
-  context = reproduce.Context(dataclasses.replace(TINY, lrs=(1e-3, 3e-2), seeds=2, train_steps=60), progress=False)
-  grid = mlp_grid.train_grid(context, 'digits', lr_robustness.OPTIMIZERS['expectigrad'], lambda n: None)
-  task = make_task('digits', 60, 0)
-  trainer = jax_mlp.JaxTrainer(task.init_params, 'expectigrad')   # the demo's lr is 1e-3
-  for batch in task.batches:
-    trainer.step(task.x_train[batch], task.y_train[batch])
-  loss = trainer.evaluate(task.x_train, task.y_train)[0]
-  accuracy = trainer.evaluate(task.x_test, task.y_test)[1]
-  np.testing.assert_allclose([grid.train_loss[0, 0], grid.test_accuracy[0, 0]], [loss, accuracy], rtol=1e-4)
-
-
-def test_mnist1d_grid_runs_offline(monkeypatch):
-  def no_network(*args, **kwargs):
-    raise AssertionError('reproduce must not use the network')
-  monkeypatch.setattr(socket.socket, 'connect', no_network)
-  context = reproduce.Context(dataclasses.replace(TINY, seeds=2, train_steps=50), seed=5, progress=False)
-  grid = mlp_grid.train_grid(context, 'mnist1d', lr_robustness.OPTIMIZERS['adam'], lambda n: None)
-  assert grid.seeds == (5, 6) and grid.test_accuracy.shape == (2, 3)
-  assert ((grid.test_accuracy >= 0) & (grid.test_accuracy <= 1)).all() and np.isfinite(grid.train_loss).all()
+    assert not np.allclose(variants[name].validation, variants['expectigrad'].validation), name
 
 
 def test_seeds_wrap_at_the_seed_limit():
   context = reproduce.Context(TINY, seed=2**32 - 1)
-  assert mlp_grid.seeds(context) == (2**32 - 1, 0, 1)
+  assert grid.seeds(context) == (2**32 - 1, 0, 1)
 
 
 @pytest.mark.parametrize('total, target, expected', [
@@ -243,35 +327,56 @@ def test_output_path_under_a_file_is_one_error_line(tmp_path, capsys):
   assert error_line(capsys).startswith('expectigrad reproduce: error: --out ')
 
 
-def test_missing_dataset_module_is_named_only_when_needed(tmp_path, monkeypatch, capsys):
+def test_missing_demo_extra_is_named_before_any_work(tmp_path, monkeypatch, capsys):
   real_find_spec = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec',
-                      lambda name, *args: None if name == 'mnist1d' else real_find_spec(name, *args))
-  monkeypatch.setitem(reproduce.CONFIGS, 'default', dataclasses.replace(TINY, datasets=('digits', 'mnist1d')))
-  assert main(['reproduce', '--only', 'ablations', '--out', str(tmp_path)]) == 2
+                      lambda name, *args: None if name == 'tqdm' else real_find_spec(name, *args))
+  assert main(['reproduce', '--only', 'sparse', '--out', str(tmp_path)]) == 2
   line = error_line(capsys)
-  assert line.startswith('expectigrad reproduce: error: mnist1d') and '".[demo]"' in line
+  assert line.startswith('expectigrad reproduce: error: tqdm') and '".[demo]"' in line
   assert not list(tmp_path.iterdir())   # reported before any work
 
 
 def test_full_help_gives_the_configured_sizes():
   _, commands = build_parser()
   text = ' '.join(commands['reproduce'].format_help().split())
-  assert f'{reproduce.FULL.seeds} seeds' in text
+  assert f'{reproduce.FULL.seeds} seeds' in text and reproduce.FULL.seeds == FULL_SEEDS
 
 
-def test_docs_mnist1d_table_is_what_the_default_run_prints():
-  """docs/cli.md quotes the default run (seed 0): its MNIST-1D summary must not drift from the code."""
-  config = dataclasses.replace(reproduce.DEFAULT, datasets=('mnist1d',))
-  context = reproduce.Context(config, seed=0, progress=False)
-  grids = mlp_grid.run_grids(context, lr_robustness.OPTIMIZERS, 'learning-rate grid')
-  table = mlp_grid.summary_table(grids['mnist1d'])
+@pytest.fixture(scope='module')
+def default_tables():
+  """The tables the default run (seed 0) prints for the quick experiments, and its claims rows for them."""
+  context = reproduce.Context(reproduce.DEFAULT, seed=0, progress=False)
+  results = {name: reproduce.EXPERIMENTS[name].run(context) for name in QUOTED}
+  claims = tables_after('## x\n\n' + reproduce.runner.claims_table(results), 'x')[0]
+  return {name: reproduce.EXPERIMENTS[name].section(results[name]) for name in QUOTED}, claims
+
+
+# The experiments whose default-run numbers README.md and docs/cli.md quote and this file reruns.
+QUOTED = ('online', 'drift', 'quadratic')
+
+
+def test_docs_tables_are_what_the_default_run_prints(default_tables):
+  """docs/cli.md quotes the default run: its tables must not drift from the code."""
+  sections, _ = default_tables
   docs = (ROOT / 'docs' / 'cli.md').read_text()
-  assert table in docs, f'docs/cli.md should quote the run:\n{table}'
+  for name, text in sections.items():
+    for table in [part for part in text.split('\n\n') if part.startswith('|')]:
+      assert table in docs, f'docs/cli.md should quote the {name} run:\n{table}'
+
+
+def test_readme_claims_are_what_the_default_run_prints(default_tables):
+  """Every README row about these experiments is a row of the default run's claims table."""
+  _, claims = default_tables
+  readme = (ROOT / 'README.md').read_text()
+  quoted = [row for row in tables_after(readme.replace('### ', '## '), 'Claims') [0] if row[0] in QUOTED]
+  assert quoted and all(row in claims for row in quoted), (quoted, claims)
 
 
 def test_python_api_rejects_bad_values():
   with pytest.raises(ValueError, match='multiple of online_records'):
     reproduce.Config(online_steps=1001, online_records=1000)
+  with pytest.raises(ValueError, match='seeds must be >= 2'):
+    reproduce.Config(seeds=1)
   with pytest.raises(ValueError, match='experiments must be among'):
     reproduce.run_reproduce(None, TINY, only=['reddi'])

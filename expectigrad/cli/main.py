@@ -22,19 +22,14 @@ from typing import Callable, Sequence
 from expectigrad.cli import frameworks as frameworks_lib
 from expectigrad.cli.demo import DEFAULT_STEPS, run_demo
 from expectigrad.cli.errors import CommandError, UsageError
+from expectigrad.cli.experiments import EXPERIMENT_NAMES, FULL_SEEDS, SEED_LIMIT
 from expectigrad.cli.task import DATASETS
 
-
-SEED_LIMIT = 2**32   # numpy's generators take seeds in [0, 2**32)
 # Upper bounds of the counts, each with the reason the error message gives.
 DEMO_STEP_LIMIT = (100_000, "every step's batch indices are drawn up front, 512 bytes a step, "
                             'and each optimizer then runs every step in a Python loop')
 REDDI_STEP_LIMIT = (10_000_000, 'x is kept for every round and plotted, 4 bytes a round and optimizer')
 ROUND_LIMIT = (1000, 'each round times every workload; the scripts default to a few')
-# The experiments of ``expectigrad reproduce`` (its ``--only`` choices), in the
-# order they run; here so that parsing does not import JAX.
-EXPERIMENT_NAMES = ('reddi-sweep', 'online', 'lr-robustness', 'ablations')
-FULL_SEEDS = 8  # seeds of ``reproduce --full`` (reproduce.FULL.seeds), for its help
 
 
 def _count(limit: tuple[int, str]) -> Callable[[str], int]:
@@ -119,16 +114,11 @@ def _reddi(args: argparse.Namespace) -> None:
   print(f'{title}\n\n{table}\n\nwrote {out / "reddi.png"} and {out / "reddi.md"}')
 
 
-# Each dataset -> the module of the ``demo`` extra that provides it.
-_DATASET_MODULES = {'digits': 'sklearn', 'mnist1d': 'mnist1d'}
-
-
 def _reproduce(args: argparse.Namespace) -> None:
+  _require_demo_extra('matplotlib', 'tqdm')   # before JAX is imported: every experiment plots and shows progress
   from expectigrad.cli import reproduce  # pylint: disable=import-outside-toplevel
   config = reproduce.CONFIGS['full' if args.full else 'default']
   only = args.only or list(reproduce.EXPERIMENTS)
-  trains_mlps = {'lr-robustness', 'ablations'} & set(only)
-  _require_demo_extra('matplotlib', 'tqdm', *(_DATASET_MODULES[d] for d in config.datasets if trains_mlps))
   reproduce.run_reproduce(_output_dir(args.out), config, args.seed, only, progress=not args.no_progress)
 
 
@@ -191,21 +181,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
   bench.add_argument('--rounds', type=_count(ROUND_LIMIT), default=None, metavar='N',
                      help=f"interleaved timing rounds, at most {ROUND_LIMIT[0]} (default: each script's own)")
   reproduce = commands.add_parser(
-      'reproduce', help="the paper's claims, reproduced in minutes on a CPU: PNG figures and results.md",
-      description="Reruns the paper's claims in JAX: Reddi et al.'s section 3 problem swept over C and beta2, "
-                  'its section 5 online and stochastic problems for 1e6+ rounds, robustness to the learning '
-                  'rate on digits and MNIST-1D, and the ablation grid. Writes one PNG per experiment and '
-                  'results.md (every number from this run); the default sizes take a few minutes on 2 CPU cores.')
+      'reproduce', help="the evidence for and against Expectigrad, in minutes on a CPU: PNG figures and results.md",
+      description="Reruns the paper's claims and tests the README's in JAX: Reddi et al.'s section 3 problem "
+                  'swept over C and beta2, its section 5 online and stochastic problems over seeds, a drifting '
+                  'problem, a noisy quadratic, sparse embeddings, and the ablation grid. Every optimizer is tuned '
+                  'on validation data from one learning-rate grid and compared on test data over paired seeds. '
+                  'Writes one PNG per experiment and results.md (every number from this run); the default '
+                  'sizes take a few minutes on 2 CPU cores.')
   reproduce.add_argument('--full', action='store_true',
-                         help=f'longer runs: more rounds and steps, {FULL_SEEDS} seeds, a finer '
-                              'learning-rate grid')
+                         help=f'larger runs, sized for a GPU: more rounds and steps, {FULL_SEEDS} seeds, a '
+                              'finer and wider learning-rate grid, a larger vocabulary')
   reproduce.add_argument('--only', nargs='+', choices=EXPERIMENT_NAMES, metavar='EXPERIMENT',
                          help=f'run only these, from {", ".join(EXPERIMENT_NAMES)} (default: all)')
   reproduce.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out/reproduce'),
                          metavar='DIR', help='directory for the PNGs and results.md '
                                              '(default: ./expectigrad-out/reproduce)')
   reproduce.add_argument('--seed', type=_seed, default=0, metavar='S',
-                         help='seeds the stochastic problem and the MLPs (S, S+1, ...); 0 <= S < 2**32 (default: 0)')
+                         help='the first seed of every experiment (S, S+1, ...); 0 <= S < 2**32 (default: 0)')
   reproduce.add_argument('--no-progress', action='store_true', help='hide the progress bars')
   return parser, {'demo': demo, 'reddi': reddi, 'bench': bench, 'reproduce': reproduce}
 

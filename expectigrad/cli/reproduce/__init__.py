@@ -1,17 +1,22 @@
-"""``expectigrad reproduce``: the paper's claims, rerun from scratch in minutes on a CPU.
+"""``expectigrad reproduce``: the evidence for and against Expectigrad, rerun from scratch in minutes on a CPU.
 
 One module per experiment, each with ``TITLE``, ``run(context)``,
-``section(result)`` (Markdown) and ``plot(result, path)``:
+``section(result)`` (Markdown), ``plot(result, path)`` and, where it compares
+optimizers under the protocol, ``claims(result)``:
 
 - :mod:`.reddi_sweep`: Reddi et al. (2018) section 3, over C and Adam's beta2.
-- :mod:`.online`: Reddi et al. section 5, the online and stochastic problems, 1e6+ rounds.
-- :mod:`.lr_robustness`: final loss and test accuracy over a log grid of learning rates.
-- :mod:`.ablations`: arithmetic vs EMA denominator x outer vs inner momentum.
+- :mod:`.online`: Reddi et al. section 5, the online and stochastic problems, over seeds.
+- :mod:`.drift`: tracking a moving optimum through rare large gradients.
+- :mod:`.quadratic`: DeepOBS's noisy quadratic.
+- :mod:`.sparse`: a click-through-style embedding model, one streaming pass.
+- :mod:`.ablations`: arithmetic vs EMA denominator x outer vs inner momentum, on the sparse task.
 
-:mod:`.mlp_grid` trains the demo's MLP over (seed, learning rate) lanes for
-the last two; :mod:`.runner` runs the chosen experiments and writes
-``results.md``. Everything is JAX: ``vmap`` over the grid, ``lax.scan`` over
-steps, so each grid is a few compiled calls.
+:mod:`.protocol` is the tuning and comparison protocol and its tables,
+:mod:`.grid` trains a model over every (seed, learning rate) lane,
+:mod:`.optimizers` holds the compared optimizers, and :mod:`.runner` runs
+the chosen experiments and writes ``results.md``. Everything is JAX:
+``vmap`` over the grid, ``lax.scan`` over steps, so each grid is a few
+compiled calls.
 """
 
 from expectigrad.cli.reproduce.common import DEFAULT, FULL, Config, Context

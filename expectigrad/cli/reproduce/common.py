@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from expectigrad.cli.experiments import DEFAULT_SEEDS, FULL_SEEDS
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -22,31 +24,51 @@ class Config:
     online_steps: rounds of the section 5 problems; a multiple of ``online_records``.
     online_records: points kept per curve, one every ``online_steps // online_records``
       rounds, so memory does not grow with the number of rounds.
-    lrs: the learning-rate grid of the MLP experiments.
-    seeds: seeds per (dataset, optimizer, learning rate).
-    train_steps: minibatch steps of each MLP training run.
-    datasets: the MLP experiments' datasets (see :data:`expectigrad.cli.task.DATASETS`).
+    seeds: seeds of every experiment with randomness (>= 2: the protocol needs a standard error).
+    lrs: the learning-rate grid every tuned optimizer runs; it holds each one's default rate.
+    drift_steps: rounds of the drifting problem; a multiple of ``online_records``.
+    quadratic_steps: minibatch steps on the noisy quadratic.
+    sparse_vocab: ids per field of the sparse task.
+    sparse_examples: examples in its one streaming pass.
+    conv_steps: minibatch steps of the conv net.
+    conv_channels: its channels per layer.
+    lm_steps: minibatch steps of the language model.
+    lm_layers, lm_width, lm_context: its transformer blocks, model width and context in bytes.
   """
 
   reddi_cs: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
   reddi_beta2s: tuple[float, ...] = (0.01, 0.1, 0.3, 0.5, 0.9, 0.99, 0.999)
   reddi_steps: int = 100_000
-  online_steps: int = 2_000_000
+  online_steps: int = 1_000_000
   online_records: int = 1000
-  lrs: tuple[float, ...] = tuple(np.logspace(-4, 0, 9).tolist())
-  seeds: int = 5
-  train_steps: int = 3000
-  datasets: tuple[str, ...] = ('digits', 'mnist1d')
+  seeds: int = DEFAULT_SEEDS
+  lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+  drift_steps: int = 10_000
+  quadratic_steps: int = 1000
+  sparse_vocab: int = 10_000
+  sparse_examples: int = 16_384
+  conv_steps: int = 1000
+  conv_channels: int = 16
+  lm_steps: int = 300
+  lm_layers: int = 2
+  lm_width: int = 32
+  lm_context: int = 32
 
   def __post_init__(self):
-    if self.online_steps % self.online_records:
-      raise ValueError(f'online_steps ({self.online_steps}) must be a multiple of '
-                       f'online_records ({self.online_records}).')
+    for name in ('online_steps', 'drift_steps'):
+      if getattr(self, name) % self.online_records:
+        raise ValueError(f'{name} ({getattr(self, name)}) must be a multiple of '
+                         f'online_records ({self.online_records}).')
+    if self.seeds < 2:
+      raise ValueError(f'seeds must be >= 2 (a standard error needs two), got {self.seeds}.')
 
 
 DEFAULT = Config()
-FULL = Config(reddi_steps=1_000_000, online_steps=10_000_000, lrs=tuple(np.logspace(-4, 0, 17).tolist()),
-              seeds=8, train_steps=6000)
+# Sized for a GPU (it runs there when JAX has one); hours on a CPU.
+FULL = Config(reddi_steps=1_000_000, online_steps=10_000_000, seeds=FULL_SEEDS,
+              lrs=tuple(np.logspace(-5, 1, 25).tolist()), drift_steps=200_000, quadratic_steps=5000,
+              sparse_vocab=100_000, sparse_examples=262_144, conv_steps=6000, conv_channels=32, lm_steps=5000,
+              lm_layers=4, lm_width=128, lm_context=128)
 
 
 @dataclasses.dataclass
@@ -55,10 +77,10 @@ class Context:
 
   Attributes:
     config: the sizes.
-    seed: the base seed; the MLP experiments use ``seed, seed + 1, ...``.
+    seed: the base seed; the experiments use ``seed, seed + 1, ...``.
     progress: show progress bars on stderr.
-    cache: results reused across experiments (the MLP grids that both the
-      learning-rate and the ablation experiment need are trained once).
+    cache: what experiments share: each task's data and model, and its grids (the ablations reuse the
+      sparse and language-model grids of Expectigrad and Adam).
   """
 
   config: Config
@@ -90,11 +112,6 @@ def pieces(total: int, target: int = 10) -> list[tuple[int, int]]:
   count = max(d for d in range(1, min(target, total) + 1) if total % d == 0)
   size = total // count
   return [(i * size, (i + 1) * size) for i in range(count)]
-
-
-def format_loss(value: float) -> str:
-  """A loss for a table: 3 significant digits, or 'diverged' for inf/NaN."""
-  return f'{value:.3g}' if np.isfinite(value) else 'diverged'
 
 
 def format_lr(lr: float) -> str:
