@@ -158,6 +158,12 @@ def test_the_learning_rate_is_chosen_on_validation_only():
   assert scores.near_best() == (1e-2, 1e-1) and scores.width_decades() == pytest.approx(1.0)
 
 
+def best_on_validation(scores: protocol.Scores) -> int:
+  """The rate with the lowest mean validation metric over seeds, a rate where any seed diverged ranking last."""
+  diverged = ~np.isfinite(scores.validation).all(axis=0)
+  return int(np.argmin(np.where(diverged, np.inf, scores.validation.mean(axis=0))))
+
+
 def test_tuned_tables_have_n_the_rule_and_the_returned_numbers(tiny_run):
   _, results, text = tiny_run
   assert protocol.RULE in text
@@ -166,12 +172,12 @@ def test_tuned_tables_have_n_the_rule_and_the_returned_numbers(tiny_run):
     assert f'test {tuned.metric}, n={TINY.seeds}' in text
     summary = tables_after(text, marker)[0]
     for row, (optimizer, s) in zip(summary, tuned.scores.items(), strict=True):
-      chosen = int(np.argmin(s.validation.mean(axis=0)))   # independently: the best mean validation metric
+      chosen = best_on_validation(s)
       values = s.test[:, chosen]
       assert row[:3] == [optimizer, f'{s.lrs[chosen]:.1e}', f'{values.mean():.3g} ± {values.std(ddof=1):.3g}']
       if optimizer != protocol.REFERENCE:
         reference = tuned.scores[protocol.REFERENCE]
-        difference = values - reference.test[:, int(np.argmin(reference.validation.mean(axis=0)))]
+        difference = values - reference.test[:, best_on_validation(reference)]
         mean, two_se = difference.mean(), 2 * difference.std(ddof=1) / np.sqrt(TINY.seeds)
         assert row[3] == f'{"+" if mean >= 0 else "-"}{abs(mean):.3g} ± {two_se:.3g}'
         assert row[4] == ('win' if mean > two_se else 'loss' if mean < -two_se else 'tie')
@@ -243,17 +249,17 @@ def test_quadratic_is_deepobs_and_its_minibatch_gradient_is_exact():
 
 def test_drift_regret_with_a_frozen_point_is_the_distance_to_the_walk():
   """At learning rate 0, x stays at theta_0: R_T / T is the mean of 0.5 |theta_0 - theta_t|^2 over the walk."""
-  config = dataclasses.replace(TINY, seeds=2, lrs=(0.0,), drift_steps=300, online_records=3)
+  config = dataclasses.replace(TINY, seeds=2, lrs=(0.0,), drift_steps=400, online_records=4)
   context = reproduce.Context(config, progress=False)
   regret = drift.simulate(context, optimizers.sgd_momentum, lambda n: None)
-  assert regret.shape == (4, 1, 3)
+  assert regret.shape == (4, 1, 4)
   key = drift._stream_keys(context)[3]   # pylint: disable=protected-access
   theta0 = theta = jax.random.normal(key, (drift.DIMENSION,))
   losses = []
-  for t in range(1, 301):
+  for t in range(1, 401):
     theta, _, _ = drift._round(key, t, theta)   # pylint: disable=protected-access
     losses.append(0.5 * float(jnp.sum((theta0 - theta) ** 2)))
-  np.testing.assert_allclose(regret[3, 0], np.cumsum(losses)[[99, 199, 299]] / [100, 200, 300], rtol=1e-4)
+  np.testing.assert_allclose(regret[3, 0], np.cumsum(losses)[[99, 199, 299, 399]] / [100, 200, 300, 400], rtol=1e-4)
 
 
 def test_ablation_corners_reuse_the_sparse_grids_and_the_others_differ(tiny_run):

@@ -30,10 +30,6 @@ class Config:
     quadratic_steps: minibatch steps on the noisy quadratic.
     sparse_vocab: ids per field of the sparse task.
     sparse_examples: examples in its one streaming pass.
-    conv_steps: minibatch steps of the conv net.
-    conv_channels: its channels per layer.
-    lm_steps: minibatch steps of the language model.
-    lm_layers, lm_width, lm_context: its transformer blocks, model width and context in bytes.
   """
 
   reddi_cs: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
@@ -47,12 +43,6 @@ class Config:
   quadratic_steps: int = 1000
   sparse_vocab: int = 10_000
   sparse_examples: int = 16_384
-  conv_steps: int = 1000
-  conv_channels: int = 16
-  lm_steps: int = 300
-  lm_layers: int = 2
-  lm_width: int = 32
-  lm_context: int = 32
 
   def __post_init__(self):
     for name in ('online_steps', 'drift_steps'):
@@ -67,8 +57,7 @@ DEFAULT = Config()
 # Sized for a GPU (it runs there when JAX has one); hours on a CPU.
 FULL = Config(reddi_steps=1_000_000, online_steps=10_000_000, seeds=FULL_SEEDS,
               lrs=tuple(np.logspace(-5, 1, 25).tolist()), drift_steps=200_000, quadratic_steps=5000,
-              sparse_vocab=100_000, sparse_examples=262_144, conv_steps=6000, conv_channels=32, lm_steps=5000,
-              lm_layers=4, lm_width=128, lm_context=128)
+              sparse_vocab=100_000, sparse_examples=262_144)
 
 
 @dataclasses.dataclass
