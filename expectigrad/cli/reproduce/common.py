@@ -38,7 +38,7 @@ class Config:
   online_steps: int = 1_000_000
   online_records: int = 1000
   seeds: int = DEFAULT_SEEDS
-  lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+  lrs: tuple[float, ...] = tuple(np.logspace(-4, 0, 9).tolist())
   drift_steps: int = 10_000
   quadratic_steps: int = 1000
   sparse_vocab: int = 10_000
