@@ -193,3 +193,13 @@ def test_keras_files_move_between_one_device_and_model_parallel(runs):
     assert max_difference(expected['state'], resumed[case]['state']) < 1e-12, case
   layouts = runs['ModelParallel']['layouts'].values()
   assert resumed['one device on ModelParallel']['specs'] == [layout['spec'] for layout in layouts]
+
+
+def test_docs_memory_table_is_measured():
+  """docs/performance.md quotes benchmarks/keras_state_memory.py's table (nothing in it is timed)."""
+  printed = subprocess.run([sys.executable, '-m', 'benchmarks.keras_state_memory'], cwd=ROOT,
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, 'JAX_PLATFORMS': 'cpu'}).stdout.strip()
+  docs = (ROOT / 'docs' / 'performance.md').read_text()
+  assert docs.split('<!-- keras-state-memory -->\n')[1].split('<!-- /keras-state-memory -->')[0].strip() \
+      == printed

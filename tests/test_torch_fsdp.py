@@ -6,6 +6,7 @@ all-reduce differs from one process, so parameters and state agree to
 as saved, and on one process.
 """
 
+import pathlib
 import socket
 
 import pytest
@@ -19,12 +20,13 @@ from tests import torch_fsdp_worker as worker  # noqa: E402
 
 ALL = list(worker.OPTIMIZERS)
 # Per layout and number of processes: the optimizers run (an elementwise chain, one with a
-# global norm, and optax optimizers whose updates reduce over whole tensors).
+# global norm, and optax optimizers whose updates reduce over whole tensors or multiply
+# matrices: muon's Newton-Schulz iteration).
 RUNS = {
     ('fsdp', 2): ALL,
     ('hsdp', 4): ['expectigrad', 'clip_by_global_norm + expectigrad', 'optax.lamb'],
     ('tp', 2): ['expectigrad', 'clip_by_global_norm + expectigrad', 'optax.lamb',
-                'optax.adafactor'],
+                'optax.adafactor', 'optax.contrib.muon'],
 }
 
 
@@ -109,3 +111,11 @@ def test_distributed_checkpoint_resumes_bit_exactly(tmp_path):
   worker.train(model, optimizer, False, steps=slice(3, None))
   _assert_same(worker.snapshot(model, optimizer), result['uninterrupted'])
   _assert_same(worker.snapshot(model, optimizer), _single_process('expectigrad'))
+
+
+def test_docs_memory_table_is_measured():
+  """docs/performance.md quotes benchmarks/torch_state_memory.py's table (nothing in it is timed)."""
+  from benchmarks import torch_state_memory  # pylint: disable=import-outside-toplevel
+  docs = (pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'performance.md').read_text()
+  quoted = docs.split('<!-- torch-state-memory -->\n')[1].split('<!-- /torch-state-memory -->')[0]
+  assert quoted.strip() == torch_state_memory.table()

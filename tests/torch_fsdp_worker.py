@@ -39,6 +39,7 @@ OPTIMIZERS: dict[str, tuple[Callable[[Any], torch.optim.Optimizer], bool]] = {
     'optax.lamb': (lambda params: Optimizer(params, optax.lamb(1e-2)), False),
     'optax.adafactor': (lambda params: Optimizer(
         params, optax.adafactor(1e-2, min_dim_size_to_factor=4)), False),
+    'optax.contrib.muon': (lambda params: Optimizer(params, optax.contrib.muon(1e-2)), False),
 }
 
 

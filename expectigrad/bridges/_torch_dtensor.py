@@ -15,7 +15,7 @@ The torch optimizer steps DTensor parameters in one of two ways:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -69,3 +69,8 @@ def replicating():
   """
   from torch.distributed.tensor.experimental import implicit_replication  # pylint: disable=import-outside-toplevel
   return implicit_replication()
+
+
+def mesh_of(tensor: torch.Tensor) -> Any:
+  """A DTensor's device mesh; None for a plain tensor (parameters step per mesh)."""
+  return tensor.device_mesh if is_distributed(tensor) else None

@@ -829,10 +829,11 @@ def _as_real(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _by_kind(positions: Sequence[int], params: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
-  """Positions of ``params`` grouped by device and dtype (one lowered program each)."""
+  """Positions of ``params`` grouped by device, dtype and DTensor mesh (one lowered program each)."""
   kinds: dict[tuple, list[int]] = {}
   for i in positions:
-    kinds.setdefault((params[i].device, params[i].dtype), []).append(i)
+    p = params[i]
+    kinds.setdefault((p.device, p.dtype, _torch_dtensor.mesh_of(p)), []).append(i)
   return kinds
 
 
