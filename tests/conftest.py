@@ -11,8 +11,8 @@ def torch_cpu_path(request, monkeypatch):
   'jax': the JAX executor (the CPU default); 'torch': the lowered program,
   as it runs on a GPU.
   """
-  from expectigrad.bridges import torch as bridge  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(bridge, 'CPU_DEFAULT', request.param)
+  from expectigrad.bridges import _torch_executor  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(_torch_executor, 'CPU_DEFAULT', request.param)
   return request.param
 
 

@@ -119,15 +119,15 @@ def parity_jitted_stateless_apply():
 @check('torch')
 def parity_lowered_torch_program():
   """The lowered torch program (GPU and torch.compile path), run eagerly on CPU here."""
-  from expectigrad.bridges import torch as torch_bridge  # pylint: disable=import-outside-toplevel
-  default, torch_bridge.CPU_DEFAULT = torch_bridge.CPU_DEFAULT, 'torch'
+  from expectigrad.bridges import _torch_executor  # pylint: disable=import-outside-toplevel
+  default, _torch_executor.CPU_DEFAULT = _torch_executor.CPU_DEFAULT, 'torch'
   try:
     for beta, sparse_counter in reference.CONFIGS:
       expected = reference.run_reference(beta=beta, sparse_counter=sparse_counter, steps=300, **HYPER)
       assert_matches(run(optimizer(beta=beta, sparse_counter=sparse_counter), steps=300), expected)
     sparse_gradients_equal_dense()
   finally:
-    torch_bridge.CPU_DEFAULT = default
+    _torch_executor.CPU_DEFAULT = default
 
 
 @check('tensorflow')

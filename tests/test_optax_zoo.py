@@ -141,7 +141,7 @@ def measure(name: str, compile: bool) -> float:  # pylint: disable=redefined-bui
       opt.step()
   fallbacks = [str(w.message) for w in caught if 'JAX runtime' in str(w.message)]
   assert not fallbacks, fallbacks
-  assert all(not chain.unsupported for chain in opt._lowered.values())
+  assert all(not chain.unsupported for chain in opt._run.lowered)
   errors = [_relative_error(p.detach().numpy() - start, expected - start)
             for p, start, expected in zip(params, p0, expected_params)]
   state = opt.optax_state()

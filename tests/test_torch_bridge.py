@@ -201,7 +201,7 @@ def test_lr_scheduler_matches_an_optax_schedule_without_retracing():
                                state)
     y = optax.apply_updates(y, updates)
   assert reference.max_relative_error(x.detach().numpy(), y) < 1e-10
-  assert len(opt._lowered) == 1  # traced once: the scheduled lr is a traced input  # pylint: disable=protected-access
+  assert len(opt._run.lowered) == 1  # traced once: the scheduled lr is a traced input  # pylint: disable=protected-access
 
 
 def test_two_param_groups_with_different_lr_match_reference():

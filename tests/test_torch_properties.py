@@ -8,7 +8,7 @@ from hypothesis import given
 
 torch = pytest.importorskip('torch')
 
-from expectigrad.bridges import torch as bridge  # noqa: E402
+from expectigrad.bridges import _torch_executor  # noqa: E402
 from expectigrad.pytorch import Expectigrad  # noqa: E402
 from tests import properties  # noqa: E402
 
@@ -26,5 +26,5 @@ def run_torch(case: properties.Case) -> np.ndarray:
 @given(case=properties.cases)
 def test_torch_matches_reference(cpu_path, case):
   """Both CPU paths of the default executor (see ``torch_cpu_path`` in conftest.py)."""
-  with mock.patch.object(bridge, 'CPU_DEFAULT', cpu_path):
+  with mock.patch.object(_torch_executor, 'CPU_DEFAULT', cpu_path):
     properties.check_against_reference(case, run_torch(case))

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
-from expectigrad.bridges import torch as bridge
+from expectigrad.bridges import _torch_executor
 from expectigrad.pytorch import Expectigrad
 
 STEPS = 15
@@ -44,7 +44,7 @@ def single_process() -> list[torch.Tensor]:
 
 
 def worker(rank: int, world: int, port: int, mode: str, cpu_path: str, out_path: str) -> None:
-  bridge.CPU_DEFAULT = cpu_path  # which CPU path the default executor takes (conftest.py)
+  _torch_executor.CPU_DEFAULT = cpu_path  # which CPU path the default executor takes (conftest.py)
   os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
   dist.init_process_group('gloo', rank=rank, world_size=world)
   try:
