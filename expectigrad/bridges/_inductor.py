@@ -28,9 +28,8 @@ import weakref
 from typing import Callable, Sequence
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+from expectigrad import _private_torch
 
 # key -> live CompiledInPlace, for the custom op (its arguments are tensors and ints).
 _REGISTRY: weakref.WeakValueDictionary[int, CompiledInPlace] = weakref.WeakValueDictionary()
@@ -86,12 +85,5 @@ class CompiledInPlace:
     key = _layout(inputs)
     compiled = self._compiled.get(key)
     if compiled is None:
-      # Fake tensors: tracing must not run the in-place step a first time.
-      # Constants the function closes over are real tensors, hence allowed.
-      # A shape environment (static shapes all the same) is what lets
-      # Inductor's FX graph cache keep the program for the next process.
-      mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-      fakes = [mode.from_tensor(t, static_shapes=True) for t in inputs]
-      graph = make_fx(self._fn, tracing_mode='fake', _allow_non_fake_inputs=True)(*fakes)
-      compiled = self._compiled[key] = torch._inductor.compile(graph, fakes)
+      compiled = self._compiled[key] = _private_torch.compile_fake_traced(self._fn, inputs)
     compiled(*inputs)

@@ -124,7 +124,7 @@ class Chain:
         self._lowered.step(values, current, [rate], grads, in_jax=in_jax,
                            foreach=not torch.compiler.is_compiling())
         return
-      args = [rate, *grads, *current, *(values if self._lowered.needs_params else [])]
+      args = [rate, *grads, *current, *values]
       outputs = self._lowered.run_in_jax(args) if in_jax else self._lowered.update(*args)
       n = len(params)
       updates = [as_result(u, v.dtype, device, v.shape) for u, v in zip(outputs[:n], values)]

@@ -18,6 +18,7 @@ import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+from jax.extend import core as jax_core
 import numpy as np
 import optax
 import torch
@@ -90,7 +91,9 @@ class LoweredChain:
     hyper_names: the traced hyperparameters' names, in the programs' order.
     state: one :class:`StateLeaf` per state leaf, in the programs' order.
     state_shape: the optax state's tree of ``jax.ShapeDtypeStruct``.
-    needs_params: whether ``update`` reads the parameters.
+    reads_params: whether ``update`` reads the parameters. It always takes
+      them: a chain may require them without reading them
+      (``optax.add_decayed_weights(0.0)``).
     unsupported: primitives of ``update`` the lowering lacks.
   """
 
@@ -117,14 +120,11 @@ class LoweredChain:
         return [updates[k] for k in keys], new_state
 
       state = jax.eval_shape(init, hyper, params)
-      try:
-        jax.eval_shape(update, hyper, params, state, None)
-        self.needs_params = False
-      except Exception:  # pylint: disable=broad-except  (any failure: it reads params)
-        self.needs_params = True
+      self.reads_params = _reads(jax.make_jaxpr(update)(hyper, params, state, params),
+                                 len(params))
       self.init = jax2torch.lower(init, hyper, params)
       self.update = jax2torch.lower(update, hyper, params, state,
-                                    params if self.needs_params else None)
+                                    params)
       self._jax_update = jax.jit(update)
     self.device = device
     if device is not None:
@@ -165,7 +165,7 @@ class LoweredChain:
         foreach kernels).
     """
     state_in = [t.view(leaf.shape) for t, leaf in zip(targets, self.state)]
-    args = [*hyper, *grads, *state_in, *(params if self.needs_params else [])]
+    args = [*hyper, *grads, *state_in, *params]
     outputs = self.run_in_jax(args) if in_jax else self.update(*args, foreach=not per_tensor)
     updates, new_state = list(outputs[:len(params)]), outputs[len(params):]
     sources = [as_result(value, leaf.dtype, dst.device, leaf.shape).reshape(dst.shape)
@@ -196,6 +196,14 @@ class LoweredChain:
       h, g, s, p = jax.tree.unflatten(self.update.in_tree, leaves)
       out = self._jax_update(h, g, s, p)
       return [torch.from_dlpack(x) for x in jax.tree.leaves(out)]
+
+
+def _reads(closed: Any, n: int) -> bool:
+  """Whether the traced program reads any of its last ``n`` inputs (the parameters)."""
+  jaxpr = closed.jaxpr
+  read = {v for eqn in jaxpr.eqns for v in eqn.invars if isinstance(v, jax_core.Var)}
+  read |= {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
+  return any(v in read for v in jaxpr.invars[len(jaxpr.invars) - n:])
 
 
 def as_result(value: Any, dtype: torch.dtype | None, device: torch.device,

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
+from expectigrad import _private_torch
+
 
 def is_distributed(tensor: torch.Tensor) -> bool:
   """Whether ``tensor`` is a DTensor (False where torch has no ``torch.distributed``)."""
@@ -67,8 +69,7 @@ def replicating():
   The lowered program makes its constants (a broadcast zero, say) as plain
   tensors, the same on every rank: replicated is what they are.
   """
-  from torch.distributed.tensor.experimental import implicit_replication  # pylint: disable=import-outside-toplevel
-  return implicit_replication()
+  return _private_torch.implicit_replication()
 
 
 def mesh_of(tensor: torch.Tensor) -> Any:

@@ -32,17 +32,14 @@ from expectigrad import jax2torch
 from expectigrad.bridges import _torch_chain
 from expectigrad.bridges._torch_chain import StateLeaf
 
-_CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
-          'closed_call': 'call_jaxpr'}
-
 
 def is_elementwise(jaxpr: Any) -> bool:
   """Whether every equation of ``jaxpr`` (nested calls included) is elementwise."""
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    if name in _CALLS:
-      if not is_elementwise(eqn.params[_CALLS[name]]):
+    if name in jax2torch.INLINED:  # a nested call: elementwise if its body is
+      if not is_elementwise(eqn.params[jax2torch.INLINED[name]]):
         return False
     elif name == 'broadcast_in_dim':
       if eqn.invars[0].aval.ndim != 0:
@@ -151,10 +148,9 @@ class FlatChain:
                for k in hyper_names}
       vector = jax.ShapeDtypeStruct((layout.size,), _torch_chain.jax_dtype(dtype))
       state = jax.eval_shape(init, hyper, vector)
-      params = vector if tree.needs_params else None
       self.closed, out_shape = jax.make_jaxpr(update, return_shape=True)(
-          hyper, vector, state, params)
-    self.in_tree = jax.tree.structure((hyper, vector, state, params))
+          hyper, vector, state, vector)
+    self.in_tree = jax.tree.structure((hyper, vector, state, vector))
     self.state_tree = jax.tree.structure(state)
     self.out_tree = jax.tree.structure(out_shape)
     self.leaves = _torch_chain.describe_state(state, [key])
@@ -166,8 +162,8 @@ class FlatChain:
   def runner(self, device: torch.device, packed_grads: bool) -> Callable[..., list]:
     """The update lowered to torch and planned in place: state donated and written back.
 
-    Arguments ``(*hyper, grads, *state, [params])``; ``grads`` (and
-    ``params``) are segments (:meth:`Layout.segments`) unless ``packed_grads``.
+    Arguments ``(*hyper, grads, *state, params)``; ``params`` are segments
+    (:meth:`Layout.segments`), ``grads`` too unless ``packed_grads``.
     """
     key = (device, packed_grads)
     if key not in self._runs:
@@ -175,7 +171,7 @@ class FlatChain:
       program.place(device)
       k, m = len(self.hyper_names), len(self.leaves)
       state = range(k + 1, k + 1 + m)
-      segmented = ([] if packed_grads else [k]) + ([k + 1 + m] if self.tree.needs_params else [])
+      segmented = ([] if packed_grads else [k]) + [k + 1 + m]
       self._runs[key] = program.in_place(donated=state,
                                          aliases={1 + i: s for i, s in enumerate(state)},
                                          segmented=segmented)
@@ -243,10 +239,10 @@ class Cohort:
     layout = self.chain.layout
     run = self.chain.runner(arrays[0].device, layout.packed)
     flat_grads = grads[0].reshape(-1) if layout.packed else layout.segments(grads)
-    args = [*hyper, flat_grads, *self._buffers]
-    if self.chain.tree.needs_params:
-      args.append(layout.segments(arrays))
-    update = run(*args)[0]
+    # The parameters enter as segments, concatenated where read; a chain that
+    # never reads them gets none.
+    params = layout.segments(arrays) if self.chain.tree.reads_params else []
+    update = run(*hyper, flat_grads, *self._buffers, params)[0]
     if layout.packed:
       arrays[0].add_(update.view(arrays[0].shape))
     else:

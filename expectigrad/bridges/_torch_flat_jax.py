@@ -69,7 +69,9 @@ class FlatChain:
 
     def update(hyper, grads, spare, state, params):
       del spare
-      return flat.update(hyper, grads, state, params)
+      # A chain that does not read the parameters gets the gradients in their
+      # place (it may still require an array: optax.add_decayed_weights(0.0)).
+      return flat.update(hyper, grads, state, grads if params is None else params)
 
     # JAX pairs donated inputs with outputs of the same shape in argument order:
     # XLA writes the update into ``spare`` (last step's update buffer) or, where
@@ -172,7 +174,7 @@ class Cohort:
     self._views = []
     for p in self.params:
       state[p].clear()
-    flat_params = self._flat(self.params, '_param_buffer') if self.chain.tree.needs_params else None
+    flat_params = self._flat(self.params, '_param_buffer') if self.chain.tree.reads_params else None
     if self._spare is None:
       self._spare = jnp.empty(self.chain.size, _torch_chain.jax_dtype(self.chain.dtype))
     if len(grads) == 1 and _is_importable(grads[0]):

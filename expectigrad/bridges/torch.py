@@ -11,58 +11,18 @@ lives in ``optimizer.state[p]``, one dict of tensors per parameter. See
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any, Callable, Iterable, Mapping, Union
 
-import numpy as np
 import optax
 import torch
 
-from expectigrad.bridges import _conventions, _torch_chain, _torch_executor, _torch_state
+from expectigrad.bridges import _conventions, _torch_chain, _torch_executor, _torch_hyper, _torch_state
 from expectigrad.bridges._torch_executor import EXECUTORS, jax_runs_on, runs_in_jax
 
 __all__ = ['EXECUTORS', 'Optimizer', 'TORCH_TO_OPTAX_NAMES', 'jax_runs_on', 'runs_in_jax']
 
-# torch's names for hyperparameters -> the factory's keyword names. Keys not
-# listed are passed under their own name (beta, eps, sparse_counter, ...).
-TORCH_TO_OPTAX_NAMES: Mapping[str, str] = {'lr': 'learning_rate'}
-# Group keys the bridge itself reads; never passed to the factory.
-_BRIDGE_KEYS = frozenset({'params', 'maximize'})
-
-
+TORCH_TO_OPTAX_NAMES = _torch_hyper.TORCH_TO_OPTAX_NAMES
 TransformFactory = Callable[..., optax.GradientTransformation]
-
-
-def _accepted_names(transform: Any, defaults: Mapping[str, Any]) -> frozenset[str]:
-  """The factory's keyword names a group may set; other group keys are ignored.
-
-  Groups also carry keys that are not hyperparameters of the transform
-  (``initial_lr`` from LR schedulers, user annotations).
-  """
-  if isinstance(transform, optax.GradientTransformation):
-    return frozenset()
-  names = {TORCH_TO_OPTAX_NAMES.get(k, k) for k in defaults}
-  try:
-    parameters = inspect.signature(transform).parameters.values()
-  except (TypeError, ValueError):  # no signature (some builtins): the defaults only
-    return frozenset(names)
-  return frozenset(names | {p.name for p in parameters if p.kind in (
-      inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)})
-
-
-def _number(value: Any) -> Any:
-  """A numpy floating scalar or 0-d array as a Python float; anything else as it is."""
-  if isinstance(value, (np.floating, np.ndarray)) and np.ndim(value) == 0 and (
-      np.asarray(value).dtype.kind == 'f'):
-    return float(value)
-  return value
-
-
-def _is_traced(value: Any) -> bool:
-  """Real floating-point numbers enter the lowered step as 0-d tensors (edits never re-trace)."""
-  if isinstance(value, torch.Tensor):
-    return value.ndim == 0 and value.is_floating_point()
-  return isinstance(value, float)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -130,7 +90,7 @@ class Optimizer(torch.optim.Optimizer):
       raise ValueError(f'executor must be one of {EXECUTORS}, got {executor!r}.')
     defaults.setdefault('maximize', False)
     self._transform = transform
-    self._accepted = _accepted_names(transform, defaults)
+    self._accepted = _torch_hyper.accepted_names(transform, defaults)
     self._executor = executor
     self._compile = bool(compile)
     # Per group, a cohort label per parameter position: parameters that have
@@ -143,7 +103,7 @@ class Optimizer(torch.optim.Optimizer):
   def _reset_caches(self) -> None:
     """Lowered programs and hyperparameter tensors: rebuilt on demand, never pickled."""
     self._run = _torch_executor.Executor(self._make, self._executor, self._compile)
-    self._hyper_tensors: dict[tuple, tuple[torch.Tensor, float]] = {}
+    self._hyper_tensors = _torch_hyper.HyperTensors()
     self._checked: dict[int, tuple] = {}
 
   def __getstate__(self) -> dict[str, Any]:
@@ -177,7 +137,7 @@ class Optimizer(torch.optim.Optimizer):
   def _factory_arguments(self, group: Mapping[str, Any]) -> dict[str, Any]:
     """A group's factory keyword arguments (subclasses may rename keys here)."""
     named = {TORCH_TO_OPTAX_NAMES.get(k, k): v for k, v in group.items()
-             if k not in _BRIDGE_KEYS}
+             if k not in _torch_hyper.BRIDGE_KEYS}
     return {k: v for k, v in named.items() if k in self._accepted}
 
   def _hyperparameters(self, group_index: int, group: Mapping[str, Any] | None = None
@@ -194,13 +154,12 @@ class Optimizer(torch.optim.Optimizer):
                       f'got {group["maximize"]!r}.')
     if isinstance(self._transform, optax.GradientTransformation):
       return {}, ()
-    named = {k: _number(v) for k, v in self._factory_arguments(group).items()}
+    named = {k: _torch_hyper.number(v) for k, v in self._factory_arguments(group).items()}
     for name, value in named.items():
       if isinstance(value, torch.Tensor) and value.numel() != 1:
-        torch_name = {v: k for k, v in TORCH_TO_OPTAX_NAMES.items()}.get(name, name)
-        raise ValueError(f'param_groups[{group_index}]: Tensor {torch_name} must be 1-element, '
-                         f'got shape {tuple(value.shape)}.')
-    traced = {k: v for k, v in named.items() if _is_traced(v)}
+        raise ValueError(f'param_groups[{group_index}]: Tensor {_torch_hyper.torch_name(name)} '
+                         f'must be 1-element, got shape {tuple(value.shape)}.')
+    traced = {k: v for k, v in named.items() if _torch_hyper.is_traced(v)}
     static = tuple((k, named[k]) for k in sorted(named) if k not in traced)
     # Under Dynamo the values were checked in _init_group, which it runs
     # eagerly; in the traced step a float it made symbolic (an lr that
@@ -221,43 +180,17 @@ class Optimizer(torch.optim.Optimizer):
     (reading its value would synchronise with its device). Subclasses that
     know their hyperparameters check them here in plain Python.
     """
-    try:
-      key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
-                   for k, v in sorted(traced.items())), static)
-      hash(key)
-    except TypeError as error:
+    if not _torch_hyper.is_hashable(static):
       raise TypeError('hyperparameters must be numbers, 0-d tensors or hashable constants, '
-                      f'got {static}.') from error
+                      f'got {static}.')
+    key = (tuple((k, v if not isinstance(v, torch.Tensor) else id(v))
+                 for k, v in sorted(traced.items())), static)
     if self._checked.get(group_index) != key:
       # The factory validates concrete values; tensors stand in as 0.5.
       concrete = {k: (0.5 if isinstance(v, torch.Tensor) else float(v))
                   for k, v in traced.items()}
       self._transform(**concrete, **dict(static))
       self._checked[group_index] = key
-
-  def _hyper_tensor(self, name: str, value: Any, device: torch.device, dtype: torch.dtype
-                    ) -> torch.Tensor:
-    """``value`` as a 0-d tensor on ``device``.
-
-    A tensor is used as it is (converted if needed). A number gets a cached
-    tensor, refilled when the number changes, so eager steps copy nothing to
-    the device while it stays the same. Inside ``torch.compile`` a number is
-    a constant of the graph, as for ``torch.optim``: pass 0-d tensors to
-    change values without recompiling.
-    """
-    if isinstance(value, torch.Tensor):
-      return value.to(device=device, dtype=dtype)
-    if torch.compiler.is_dynamo_compiling():
-      return torch.full((), float(value), dtype=dtype, device=device)
-    key = (name, device, dtype)
-    cached = self._hyper_tensors.get(key)
-    if cached is None or cached[1] != float(value):
-      if cached is None:
-        cached = (torch.empty((), dtype=dtype, device=device), None)
-      cached[0].fill_(float(value))
-      cached = self._hyper_tensors[key] = (cached[0], float(value))
-    return cached[0]
-
 
   # -- lowering -----------------------------------------------------------------
 
@@ -337,7 +270,7 @@ class Optimizer(torch.optim.Optimizer):
     """A cohort's parameters as the chain sees them, and its hyperparameter tensors."""
     arrays = [_torch_state.as_real(p) for p in params]
     dtype = getattr(torch, _conventions.hyper_dtype([params[0].dtype]))
-    return arrays, [self._hyper_tensor(k, traced[k], params[0].device, dtype)
+    return arrays, [self._hyper_tensors.get(k, traced[k], params[0].device, dtype)
                     for k in sorted(traced)]
 
   def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,

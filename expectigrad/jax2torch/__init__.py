@@ -20,8 +20,9 @@ import torch
 
 from expectigrad.jax2torch import _foreach, _inplace, _program
 from expectigrad.jax2torch._primitives import ELEMENTWISE, PRIMITIVES, torch_dtype
+from expectigrad.jax2torch._program import INLINED
 
-__all__ = ['ELEMENTWISE', 'PRIMITIVES', 'Program', 'lower', 'torch_dtype']
+__all__ = ['ELEMENTWISE', 'INLINED', 'PRIMITIVES', 'Program', 'lower', 'torch_dtype']
 
 
 class Program:

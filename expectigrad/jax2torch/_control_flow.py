@@ -26,9 +26,8 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
+from expectigrad import _private_torch
 from expectigrad.jax2torch import _primitives, _program
 
 # Primitive -> the parameters holding its sub-jaxprs, in the order of its sub-programs.
@@ -172,8 +171,7 @@ def _host_bool(predicate: Any) -> bool:
   """
   if not isinstance(predicate, torch.Tensor):
     return bool(predicate)
-  if (torch.compiler.is_compiling() or get_proxy_mode() is not None
-      or isinstance(predicate, FakeTensor)):
+  if _private_torch.is_tracing() or isinstance(predicate, _private_torch.FakeTensor):
     raise RuntimeError(
         'a lax.while_loop whose predicate depends on the data reads it on the host at every '
         'iteration, which cannot be traced by torch.compile or make_fx (compile=True); '

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 import math
 
 import torch
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
+from expectigrad import _private_torch
 from expectigrad.jax2torch._primitives import ELEMENTWISE
 from expectigrad.jax2torch._program import Graph, Literal, Op
 
@@ -126,7 +126,7 @@ def _tracing() -> bool:
   input view is not an input of the traced function. A compiler fuses the
   foreach call anyway.
   """
-  return torch.compiler.is_compiling() or get_proxy_mode() is not None
+  return _private_torch.is_tracing()
 
 
 def _flat_batched(graph: Graph, batch: list[Op], broadcasts: dict[int, Any]
@@ -172,12 +172,13 @@ def _flat_batched(graph: Graph, batch: list[Op], broadcasts: dict[int, Any]
 
 def _tiling(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
   """The 1-D buffer ``tensors`` are consecutive contiguous views of, covering it, or None."""
-  base = tensors[0]._base
+  base = _private_torch.view_base(tensors[0])
   if base is None or base.dim() != 1 or not base.is_contiguous():
     return None
   offset = base.storage_offset()
   for t in tensors:
-    if t._base is not base or not t.is_contiguous() or t.storage_offset() != offset:
+    if (_private_torch.view_base(t) is not base or not t.is_contiguous()
+        or t.storage_offset() != offset):
       return None
     offset += t.numel()
   return base if offset == base.storage_offset() + base.numel() else None

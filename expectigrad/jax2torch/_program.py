@@ -28,13 +28,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
+from jax.extend import core as jax_core
 import numpy as np
 import torch
 
 from expectigrad.jax2torch import _control_flow, _primitives
 
 # Primitives whose sub-jaxpr is inlined, with the parameter that holds it.
-_INLINED = {
+INLINED = {
     'jit': 'jaxpr', 'pjit': 'jaxpr', 'closed_call': 'call_jaxpr', 'core_call': 'call_jaxpr',
     'remat': 'jaxpr', 'checkpoint': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
     'custom_vjp_call': 'call_jaxpr', 'custom_vjp_call_jaxpr': 'fun_jaxpr',
@@ -161,7 +162,7 @@ class _Builder:
     return self._literal_slots[key]
 
   def ref(self, env: dict, atom: Any) -> Ref:
-    if hasattr(atom, 'val') and not hasattr(atom, 'count'):  # a jaxpr Literal
+    if isinstance(atom, jax_core.Literal):
       return Literal(_literal_value(atom))
     return env[atom]
 
@@ -183,8 +184,8 @@ class _Builder:
   def equation(self, env: dict, eqn: Any) -> None:
     name = eqn.primitive.name
     inputs = [self.ref(env, v) for v in eqn.invars]
-    if name in _INLINED:
-      sub = eqn.params[_INLINED[name]]
+    if name in INLINED:
+      sub = eqn.params[INLINED[name]]
       if name.startswith('custom_'):
         inputs = inputs[len(inputs) - len(getattr(sub, 'jaxpr', sub).invars):]
       for var, ref in zip(eqn.outvars, self.closed(sub, inputs)):
@@ -252,10 +253,8 @@ class _Builder:
     # The same pure computation repeated per leaf (``-learning_rate``) runs once,
     # so every leaf's op shares its result and the leaves batch together.
     key: Any = (name, repr(sorted(params.items())), tuple(inputs))
-    try:
-      hash(key)
-    except TypeError:  # a constant-array literal
-      key = None
+    if any(isinstance(r, Literal) and isinstance(r.value, torch.Tensor) for r in inputs):
+      key = None  # a constant-array literal: compared by identity, never equal to another
     if key is not None and key in self._computed:
       for var, slot in zip(outvars, self._computed[key]):
         env[var] = slot
