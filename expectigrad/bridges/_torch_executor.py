@@ -167,21 +167,25 @@ class Executor:
                                         [params[0].dtype] * len(shapes), params[0].device)
     return self._lowered[key]
 
-  def prepare(self, state: _torch_state.State, params: list[torch.Tensor],
-              arrays: list[torch.Tensor], hyper: list[torch.Tensor], traced: dict,
+  def prepare(self, params: list[torch.Tensor], arrays: list[torch.Tensor], traced: dict,
               static: tuple) -> None:
-    """Lowers a cohort's chain, and creates the state of parameters that never stepped.
+    """Lowers a cohort's chain, and for DTensor parameters the chain over their shards.
 
     Called eagerly before every step (under ``torch.compile`` too: see the
     torch optimizer's ``_init_group``), so that a step never lowers (JAX
     cannot run inside ``torch.compile``). Arguments as for :meth:`step`.
     """
-    chain = self.chain(tuple(sorted(traced)), static, arrays)
+    self.chain(tuple(sorted(traced)), static, arrays)
+    self._on_shards(params, arrays, traced, static)
+
+  def init_state(self, state: _torch_state.State, params: list[torch.Tensor],
+                 arrays: list[torch.Tensor], hyper: list[torch.Tensor], traced: dict,
+                 static: tuple) -> None:
+    """Creates the state of a cohort that never stepped (after :meth:`prepare`)."""
     sharded = self._on_shards(params, arrays, traced, static)
-    if sharded is not None:
-      chain, _, arrays = sharded
-    if not state[params[0]]:
-      _torch_state.init_state(state, chain, hyper, params, arrays)
+    chain, arrays = ((self.chain(tuple(sorted(traced)), static, arrays), arrays)
+                     if sharded is None else (sharded[0], sharded[2]))
+    _torch_state.init_state(state, chain, hyper, params, arrays)
 
   def step(self, state: _torch_state.State, params: list[torch.Tensor],
            arrays: list[torch.Tensor], hyper: list[torch.Tensor], grads: list[torch.Tensor],

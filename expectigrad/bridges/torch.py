@@ -253,8 +253,11 @@ class Optimizer(torch.optim.Optimizer):
     plans = [self._hyperparameters(i) for i in range(len(self.param_groups))]
     for index, (traced, static) in enumerate(plans):
       for params in self._stepping_cohorts(index):
-        arrays, hyper = self._inputs(params, traced)
-        self._run.prepare(self.state, params, arrays, hyper, traced, static)
+        arrays = [_torch_state.as_real(p) for p in params]
+        self._run.prepare(params, arrays, traced, static)
+        if not self.state[params[0]]:
+          self._run.init_state(self.state, params, arrays, self._hyper(params, traced), traced,
+                               static)
 
   def _stepping_cohorts(self, group_index: int) -> list[list[torch.Tensor]]:
     """The group's parameters with a gradient, per device, dtype and cohort."""
@@ -265,17 +268,15 @@ class Optimizer(torch.optim.Optimizer):
             for positions in _torch_state.by_kind(stepping, group).values()
             for cohort in _torch_state.cohorts_of(self.state, group, labels, positions)]
 
-  def _inputs(self, params: list[torch.Tensor], traced: dict
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """A cohort's parameters as the chain sees them, and its hyperparameter tensors."""
-    arrays = [_torch_state.as_real(p) for p in params]
+  def _hyper(self, params: list[torch.Tensor], traced: dict) -> list[torch.Tensor]:
+    """A cohort's traced hyperparameters as 0-d tensors on its device, in sorted name order."""
     dtype = getattr(torch, _conventions.hyper_dtype([params[0].dtype]))
-    return arrays, [self._hyper_tensors.get(k, traced[k], params[0].device, dtype)
-                    for k in sorted(traced)]
+    return [self._hyper_tensors.get(k, traced[k], params[0].device, dtype)
+            for k in sorted(traced)]
 
   def _step_cohort(self, params: list[torch.Tensor], traced: dict, static: tuple,
                    maximize: bool) -> None:
-    arrays, hyper = self._inputs(params, traced)
+    arrays, hyper = [_torch_state.as_real(p) for p in params], self._hyper(params, traced)
     grads = [_torch_state.as_real(p.grad.to_dense() if p.grad.is_sparse else p.grad)
              for p in params]
     if maximize:
