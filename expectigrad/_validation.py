@@ -13,9 +13,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 import jax
+
+
+def _is_symbolic_tf_tensor(value: Any) -> bool:
+  """Whether ``value`` is a tensor of a TF graph being built (a TF1 graph, a ``tf.function``).
+
+  Such a tensor has no value until the graph runs, so it is let through as a
+  tracer is. TensorFlow is only asked when it is already imported: a TF
+  tensor cannot exist otherwise, and ``import expectigrad`` must not load it.
+  """
+  tf = sys.modules.get('tensorflow')
+  return tf is not None and tf.is_symbolic_tensor(value)
 
 
 def real_value(name: str, value: Any, accepted: str, schedules: bool = False) -> float | None:
@@ -30,10 +42,7 @@ def real_value(name: str, value: Any, accepted: str, schedules: bool = False) ->
     return float(value)
   dtype = str(getattr(value, 'dtype', ''))
   if getattr(value, 'ndim', None) == 0 and not any(k in dtype for k in ('complex', 'bool')):
-    try:
-      return float(value)
-    except (TypeError, ValueError):  # a symbolic 0-d tensor (a TF1 graph): no value yet
-      return None
+    return None if _is_symbolic_tf_tensor(value) else float(value)
   kind = 'a number' + (' or a schedule' if schedules else '')
   raise TypeError(f'{name} must be {kind} {accepted}, got {value!r} '
                   f'({type(value).__name__}).')

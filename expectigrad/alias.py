@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import optax
 
 from expectigrad import transforms
+from expectigrad.hyperparameters import DEFAULT
 
 
 def expectigrad(
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    beta: float = 0.9,
-    eps: float = 1e-8,
-    sparse_counter: bool = True,
+    learning_rate: optax.ScalarOrSchedule = DEFAULT.learning_rate,
+    beta: float = DEFAULT.beta,
+    eps: float = DEFAULT.eps,
+    sparse_counter: bool = DEFAULT.sparse_counter,
     state_dtype: Any = None,
     compensated_sum: bool = False,
 ) -> optax.GradientTransformation:

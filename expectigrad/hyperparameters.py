@@ -13,6 +13,10 @@ framework spells it and the accepted range.
 Accepted numbers are Python numbers, numpy scalars and 0-d arrays, and 0-d
 tensors (``expectigrad.pytorch`` checks a torch tensor for its kind only:
 reading its value would synchronise with its device).
+
+The names and defaults of the published signatures come from here too
+(:data:`DEFAULT`, :meth:`Hyperparameter.name_in`); ``tests/test_packaging.py``
+holds each published signature to this table.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import optax
 
 from expectigrad import _validation
-from expectigrad.alias import expectigrad
 
+# The published APIs, by the names this module's functions take.
 FRAMEWORKS = ('jax', 'torch', 'tf1', 'keras')
 
 
@@ -33,18 +37,25 @@ class Hyperparameter(NamedTuple):
 
   Attributes:
     key: its keyword in :func:`expectigrad.expectigrad`.
+    default: its default in every published API.
     check: ``check(name, value, schedules)`` raising TypeError/ValueError.
-    accepted: the accepted values, in words (for documentation).
     names: the argument's name in a framework, where it differs from ``key``.
   """
 
   key: str
+  default: Any
   check: Callable[[str, Any, bool], None]
-  accepted: str
   names: Mapping[str, str] = {}
 
   def name_in(self, framework: str) -> str:
-    """The argument's name in ``framework`` (one of :data:`FRAMEWORKS`)."""
+    """The argument's name in ``framework``.
+
+    Raises:
+      ValueError: if ``framework`` is not one of :data:`FRAMEWORKS` (a typo
+        would otherwise give the optax names silently).
+    """
+    if framework not in FRAMEWORKS:
+      raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}.')
     return self.names.get(framework, self.key)
 
 
@@ -52,18 +63,29 @@ def _ignore_schedules(check: Callable[[str, Any], None]) -> Callable[[str, Any, 
   return lambda name, value, schedules: check(name, value)
 
 
+# In the order of every published signature.
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
-    Hyperparameter('learning_rate',
+    Hyperparameter('learning_rate', 0.001,
                    lambda name, value, schedules: _validation.check_non_negative(
                        name, value, schedules=schedules),
-                   'a number >= 0 (or a schedule where the framework has them)',
                    {'torch': 'lr'}),
-    Hyperparameter('beta', _ignore_schedules(_validation.check_unit_interval),
-                   'a number in [0, 1)'),
-    Hyperparameter('eps', _ignore_schedules(_validation.check_positive),
-                   'a number > 0', {'tf1': 'epsilon', 'keras': 'epsilon'}),
-    Hyperparameter('sparse_counter', _ignore_schedules(_validation.check_bool), 'a bool'),
+    Hyperparameter('beta', 0.9, _ignore_schedules(_validation.check_unit_interval)),
+    Hyperparameter('eps', 1e-8, _ignore_schedules(_validation.check_positive),
+                   {'tf1': 'epsilon', 'keras': 'epsilon'}),
+    Hyperparameter('sparse_counter', True, _ignore_schedules(_validation.check_bool)),
 )
+
+
+class Defaults(NamedTuple):
+  """The defaults of :data:`HYPERPARAMETERS`, by key: what the published signatures read."""
+
+  learning_rate: float
+  beta: float
+  eps: float
+  sparse_counter: bool
+
+
+DEFAULT = Defaults(**{h.key: h.default for h in HYPERPARAMETERS})
 
 
 def check(framework: str, values: Mapping[str, Any], schedules: bool = False) -> None:
@@ -118,6 +140,8 @@ def checked_factory(framework: str, values: Mapping[str, Any], schedules: bool =
   Raises:
     TypeError, ValueError: as :func:`check`.
   """
+  # Imported here: expectigrad.alias reads its defaults from this module.
+  from expectigrad.alias import expectigrad  # pylint: disable=import-outside-toplevel
   check(framework, values, schedules)
   return functools.partial(expectigrad, **optax_keywords(framework, as_floats(values)))
 

@@ -14,6 +14,7 @@ import torch
 from expectigrad import hyperparameters
 from expectigrad.alias import expectigrad
 from expectigrad.bridges import torch as torch_bridge
+from expectigrad.hyperparameters import DEFAULT
 
 
 class Expectigrad(torch_bridge.Optimizer):
@@ -49,10 +50,10 @@ class Expectigrad(torch_bridge.Optimizer):
   def __init__(
       self,
       params: Iterable[Any],
-      lr: float = 0.001,
-      beta: float = 0.9,
-      eps: float = 1e-8,
-      sparse_counter: bool = True,
+      lr: float = DEFAULT.learning_rate,
+      beta: float = DEFAULT.beta,
+      eps: float = DEFAULT.eps,
+      sparse_counter: bool = DEFAULT.sparse_counter,
       *,
       maximize: bool = False,
   ):

@@ -12,6 +12,7 @@ from typing import Any
 from expectigrad import hyperparameters
 from expectigrad.bridges import tf1
 from expectigrad.bridges._conventions import raveled_layout
+from expectigrad.hyperparameters import DEFAULT
 
 
 class ExpectigradOptimizer(tf1.Optimizer):
@@ -42,10 +43,10 @@ class ExpectigradOptimizer(tf1.Optimizer):
 
   def __init__(
       self,
-      learning_rate: Any = 0.001,
-      beta: float = 0.9,
-      epsilon: float = 1e-8,
-      sparse_counter: bool = True,
+      learning_rate: Any = DEFAULT.learning_rate,
+      beta: float = DEFAULT.beta,
+      epsilon: float = DEFAULT.eps,
+      sparse_counter: bool = DEFAULT.sparse_counter,
       use_locking: bool = False,
       name: str = 'Expectigrad',
   ):

@@ -4,8 +4,8 @@ A thin specialisation of :class:`expectigrad.bridges.keras.Optimizer` over
 :func:`expectigrad.expectigrad`, registered as Keras-serializable so a saved
 ``.keras`` model reloads with its optimizer state and no ``custom_objects``.
 It runs on every Keras backend (``KERAS_BACKEND=jax``, ``torch`` or
-``tensorflow``; the module keeps its 2020 name), and a ``.keras`` file saved
-on one backend continues on another.
+``tensorflow``; the module name is part of the published API), and a
+``.keras`` file saved on one backend continues on another.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from keras import ops
 from expectigrad import _validation, hyperparameters
 from expectigrad.bridges import keras as keras_bridge
 from expectigrad.bridges._conventions import raveled_layout
+from expectigrad.hyperparameters import DEFAULT
 
 
 @keras.saving.register_keras_serializable(package='expectigrad')
@@ -38,8 +39,8 @@ class Expectigrad(keras_bridge.Optimizer):
     name: the optimizer's name; None gives a unique snake_case one as Keras's
       own optimizers get (``expectigrad``, ``expectigrad_1``, ...).
     **kwargs: ``lr`` (alias of ``learning_rate``), ``decay`` (inverse-time
-      decay ``learning_rate / (1 + decay * iterations)``, from the 2020 tf.keras
-      package), and Keras's own optimizer arguments (``clipnorm``,
+      decay ``learning_rate / (1 + decay * iterations)``, as tf.keras's
+      legacy optimizers took it), and Keras's own optimizer arguments (``clipnorm``,
       ``clipvalue``, ``global_clipnorm``, ``weight_decay``,
       ``gradient_accumulation_steps``, ...).
 
@@ -52,10 +53,10 @@ class Expectigrad(keras_bridge.Optimizer):
 
   def __init__(
       self,
-      learning_rate: Any = 0.001,
-      beta: float = 0.9,
-      epsilon: float = 1e-8,
-      sparse_counter: bool = True,
+      learning_rate: Any = DEFAULT.learning_rate,
+      beta: float = DEFAULT.beta,
+      epsilon: float = DEFAULT.eps,
+      sparse_counter: bool = DEFAULT.sparse_counter,
       name: str | None = None,
       **kwargs,
   ):
@@ -67,8 +68,8 @@ class Expectigrad(keras_bridge.Optimizer):
     factory = raveled_layout(hyperparameters.checked_factory('keras', values, schedules=True))
     # Plain floats: Keras takes a float learning rate, and get_config must serialise.
     values = hyperparameters.as_floats({**values, 'decay': decay})
-    # The 2020 package's decay, as a schedule over the learning rate (Keras's
-    # public API): Keras's weight decay then sees the decayed rate too, as it did.
+    # ``decay`` as a schedule over the learning rate (Keras's public API), so
+    # Keras's weight decay, which scales by the learning rate, sees the decayed rate too.
     learning_rate = values['learning_rate']
     if values['decay']:
       learning_rate = _InverseTimeDecay(learning_rate, values['decay'])

@@ -39,16 +39,13 @@ def zeros_like(variable: Any) -> jax.Array:
 
 
 class Chain:
-  """The optax chain over the Keras variables, keyed by their names."""
+  """The chain core over the Keras variables, keyed by their names, jitted."""
 
   def __init__(self, transform: _conventions.TransformOrFactory, names: Sequence[str],
                shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]):
-    self._dtypes = list(dtypes)
-    self._hyper_dtype = _conventions.hyper_dtype(dtypes)
     specs = [jax.ShapeDtypeStruct(tuple(s), jnp.dtype(d)) for s, d in zip(shapes, dtypes)]
-    with _conventions.x64_scope(self._dtypes):
-      self._chain = _conventions.ListChain(transform, _conventions.unique_keys(list(names)), specs)
-    self.leaves = _conventions.named_leaves(self._chain.state_shape, self._chain.keys)
+    self._chain = _conventions.Chain(transform, names, specs)
+    self.leaves = self._chain.state_leaves()
     self._init: Callable = jax.jit(self._chain.init)
     self._update: Callable = jax.jit(self._chain.update)
 
@@ -63,7 +60,7 @@ class Chain:
     the leaves take the shapes of the state initialised from the values, as
     every jitted step will see them.
     """
-    with _conventions.x64_scope(self._dtypes):
+    with self._chain.x64():
       initial = self._init([_value(v) for v in variables])
     self.leaves = [leaf._replace(shape=tuple(value.shape))
                    for leaf, value in zip(self.leaves, initial)]
@@ -72,14 +69,9 @@ class Chain:
   def step(self, params, state, gradients, learning_rate, frozen, assign, in_place) -> None:
     """One step: reads the values, runs the chain, writes through ``assign``."""
     del in_place  # every write goes through assign on this backend
-    with _conventions.x64_scope(self._dtypes):
-      learning_rate = jnp.asarray(learning_rate).astype(self._hyper_dtype)
+    with self._chain.x64():
+      learning_rate = jnp.asarray(learning_rate).astype(self._chain.hyper_dtype)
       new_params, new_state = self._update(
           [_value(v) for v in params], [jnp.asarray(g) for g in gradients],
           [_value(v) for v in state], learning_rate)
-    for i, (variable, value) in enumerate(zip(params, new_params)):
-      if i not in frozen:
-        assign(variable, value)
-    for leaf, variable, value in zip(self.leaves, state, new_state):
-      if leaf.owner not in frozen:
-        assign(variable, value)
+    _conventions.assign_unfrozen(assign, self.leaves, params, new_params, state, new_state, frozen)

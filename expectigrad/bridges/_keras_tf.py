@@ -59,9 +59,9 @@ class Chain:
 
   def __init__(self, transform: _conventions.TransformOrFactory, names: Sequence[str],
                shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]):
-    self._converted = _tf_chain.ConvertedChain(transform, names, shapes, [tf.as_dtype(d) for d in dtypes])
-    self.leaves = [_conventions.NamedLeaf(leaf.name, leaf.param_index, leaf.shape, leaf.dtype.name)
-                   for leaf in self._converted.leaves]
+    self._converted = _tf_chain.ConvertedChain(transform, names, shapes,
+                                               [tf.as_dtype(d) for d in dtypes])
+    self.leaves = self._converted.chain.state_leaves()  # numpy dtype names, as Keras takes them
     self.platforms = self._converted.platforms
     self._step: Callable | None = None
 
@@ -78,5 +78,4 @@ class Chain:
     if self._step is None:  # one optimizer per chain: its assign is traced into the step
       self._step = self._converted.assigning_step(assign)
     self._step(list(params), list(state), list(gradients),
-         self._converted.learning_rate_tensor(learning_rate), frozen)
-
+               self._converted.learning_rate_tensor(learning_rate), frozen)

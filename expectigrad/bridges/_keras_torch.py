@@ -62,7 +62,7 @@ class Chain:
     make = lambda hyper: _conventions.make_transform(transform, hyper)
     self._lowered = LoweredChain(make, HYPER_NAMES, [tuple(s) for s in shapes],
                                  [getattr(torch, d) for d in dtypes], None, keys=keys)
-    self.leaves = _conventions.named_leaves(self._lowered.state_shape, keys)
+    self.leaves = _conventions.state_leaves(self._lowered.state_shape, keys)
     self._flat: _torch_flat.Cohort | None = None
     same = len(set(dtypes)) == 1 and bool(shapes)
     flat = _torch_flat.FlatChain(make, HYPER_NAMES, self._lowered,
@@ -130,9 +130,6 @@ class Chain:
       updates = [as_result(u, v.dtype, device, v.shape) for u, v in zip(outputs[:n], values)]
       new_state = [as_result(x, getattr(torch, leaf.dtype), device, leaf.shape)
                    for x, leaf in zip(outputs[n:], self.leaves)]
-      for i, (variable, value, update) in enumerate(zip(params, values, updates)):
-        if i not in frozen:
-          assign(variable, value + update)
-      for leaf, variable, value in zip(self.leaves, state, new_state):
-        if leaf.owner not in frozen:
-          assign(variable, value)
+      _conventions.assign_unfrozen(assign, self.leaves, params,
+                                   [v + u for v, u in zip(values, updates)], state, new_state,
+                                   frozen)

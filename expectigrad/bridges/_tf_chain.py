@@ -7,7 +7,8 @@ the module into the cluster) and in TF1 graphs, and they are saved with the
 graph. The math is never rewritten in TF: TF only reads variables, calls the
 converted update and assigns its results.
 
-The optax state is flattened to a list of :class:`StateLeaf`. The parameters
+The optax state is flattened to a list of the bridges' one
+:class:`~._conventions.StateLeaf` (its dtype a ``tf.DType``). The parameters
 enter the chain as a dict keyed by variable name, so a state leaf whose path
 passes through one of those keys mirrors that variable (a TF1 slot or a Keras
 per-variable optimizer variable); any other leaf (a step count) is global.
@@ -15,7 +16,7 @@ per-variable optimizer variable); any other leaf (a step count) is global.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -25,31 +26,13 @@ from jax.experimental import jax2tf
 from expectigrad.bridges import _conventions
 
 TransformOrFactory = _conventions.TransformOrFactory
+StateLeaf = _conventions.StateLeaf
 
 # The platforms the converted modules are lowered for: every platform jaxlib
 # lowers for without its plugin, so a graph, model or ``.keras`` file made on
 # a CPU machine runs its optimizer on a GPU (TF picks the module's lowering for
 # the device it places the op on).
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
-
-
-class StateLeaf(NamedTuple):
-  """One array of the flattened optax state.
-
-  Attributes:
-    name: readable path inside the state, e.g. ``'sum_of_squares'`` or
-      ``'0_count'`` (see :func:`expectigrad.bridges._conventions.leaf_names`:
-      chain positions kept only where needed to be unique).
-    param_index: index of the parameter this leaf mirrors, or None for a
-      global leaf such as a step count.
-    shape: the leaf's shape.
-    dtype: the leaf's TF dtype.
-  """
-
-  name: str
-  param_index: int | None
-  shape: tuple[int, ...]
-  dtype: tf.DType
 
 
 def dense_gradient(gradient: tf.Tensor | tf.IndexedSlices, variable) -> tf.Tensor:
@@ -91,7 +74,9 @@ class ConvertedChain:
       with ``jax.enable_x64(True)`` (the user's global JAX setting is untouched).
 
   Attributes:
-    leaves: one :class:`StateLeaf` per state array, in the chain's order.
+    chain: the chain core (:class:`~._conventions.Chain`) that is converted.
+    leaves: one :class:`StateLeaf` per state array, in the chain's order
+      (names as TF1 slots and Keras variables have them, dtypes as ``tf.DType``).
     platforms: the platforms the converted modules are lowered for.
     learning_rate_dtype: the TF dtype the learning rate enters the chain in.
   """
@@ -106,28 +91,21 @@ class ConvertedChain:
   ):
     """Converts the chain; raises TypeError like :func:`_conventions.check_transform`."""
     transform = _conventions.check_transform(transform)
-    dtype_names = [tf.as_dtype(dtype).name for dtype in dtypes]
-    self._dtypes = dtype_names
-    self.learning_rate_dtype = tf.as_dtype(_conventions.hyper_dtype(dtype_names))
     self.platforms = tuple(platforms)
     specs = [jax.ShapeDtypeStruct(tuple(shape), np.dtype(tf.as_dtype(dtype).as_numpy_dtype))
              for shape, dtype in zip(shapes, dtypes)]
-    with _conventions.x64_scope(dtype_names):
-      self._chain = _conventions.ListChain(transform, _conventions.unique_keys(list(names)), specs)
-    described = _conventions.describe_state(self._chain.state_shape, self._chain.keys)
-    self.leaves: list[StateLeaf] = [
-        StateLeaf(name, leaf.owner, leaf.shape, tf.as_dtype(leaf.dtype))
-        for name, leaf in zip(_conventions.leaf_names(described, '_', short=True), described)
-    ]
+    self.chain = _conventions.Chain(transform, names, specs)
+    self.learning_rate_dtype = tf.as_dtype(self.chain.hyper_dtype)
+    self.leaves: list[StateLeaf] = self.chain.state_leaves(dtype=tf.as_dtype)
     convert = lambda f: tf.function(
         jax2tf.convert(f, with_gradient=False, native_serialization_platforms=self.platforms),
         autograph=False)
-    self._init = convert(self._chain.init)
-    self._update = convert(self._chain.update)
+    self._init = convert(self.chain.init)
+    self._update = convert(self.chain.update)
 
   def init(self, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """The initial state leaves for these parameter values (TF tensors)."""
-    with _conventions.x64_scope(self._dtypes):
+    with self.chain.x64():
       return self._init(list(params))
 
   def learning_rate_tensor(self, learning_rate: Any) -> tf.Tensor:
@@ -153,7 +131,7 @@ class ConvertedChain:
       learning_rate: scalar tensor or number (ignored by a fixed transform).
     """
     learning_rate = self.learning_rate_tensor(learning_rate)
-    with _conventions.x64_scope(self._dtypes):
+    with self.chain.x64():
       return self._update(list(params), list(gradients), list(state), learning_rate)
 
   def assigning_step(self, assign: Callable[[Any, tf.Tensor], Any] | None = None) -> Callable:
@@ -190,12 +168,8 @@ class ConvertedChain:
       new_params, new_state = self.update(
           [v.read_value() for v in params], gradients, [v.read_value() for v in state], learning_rate
       )
-      for i, (variable, value) in enumerate(zip(params, new_params)):
-        if i not in frozen:
-          assign(variable, value)
-      for leaf, variable, value in zip(self.leaves, state, new_state):
-        if leaf.param_index not in frozen:
-          assign(variable, value)
+      _conventions.assign_unfrozen(assign, self.leaves, params, new_params, state, new_state,
+                                   frozen)
       return tf.constant(True)  # something a TF1 graph can depend on
 
     compiled = tf.function(step, jit_compile=True, autograph=False)

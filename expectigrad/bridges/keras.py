@@ -11,37 +11,92 @@ it (see :meth:`Optimizer.update_step`):
   XLA op, compiled into ``model.fit``'s XLA cluster and saved with the model
   (:mod:`._keras_tf`).
 
+Each backend's module is registered in
+:data:`expectigrad.bridges.KERAS_BACKENDS` and has the interface
+:class:`Backend` describes.
+
 Everything the Keras base class does around the update (clipnorm,
 clipvalue, global_clipnorm, weight_decay, gradient accumulation, EMA, loss
 scaling, the learning-rate schedule, ``tf.distribute``) is left to the base
-class, through its public hooks only: ``build``, ``apply`` and
-``update_step``, with every write through ``assign``.
+class, through its public hooks: ``build``, ``apply`` and ``update_step``,
+with every write through ``assign``. Matching Keras's per-variable calls to
+the variables takes private names, all in :mod:`._private_keras`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 import keras
 import numpy as np
 
-from expectigrad.bridges import _conventions
+from expectigrad import bridges
+from expectigrad.bridges import _conventions, _private_keras
 
 
-def _backend():
+class BackendChain(Protocol):
+  """A chain over the Keras variables, as one backend runs it (``Backend.Chain``).
+
+  Attributes:
+    leaves: one :class:`~._conventions.StateLeaf` per state array (names as
+      Keras variables have them, dtypes as numpy names).
+  """
+
+  leaves: list[_conventions.StateLeaf]
+
+  def init(self, variables: Sequence[Any]) -> list[Any]:
+    """The state's initial values for the variables' current values."""
+
+  def step(self, params: Sequence[Any], state: Sequence[Any], gradients: Sequence[Any],
+           learning_rate: Any, frozen: tuple[int, ...], assign: Callable[[Any, Any], None],
+           in_place: bool) -> None:
+    """One step over one device's variables and state variables.
+
+    Args:
+      params, state: the variables and the state variables (one device's copies).
+      gradients: one dense gradient per variable (zeros where ``frozen``).
+      learning_rate: the current learning rate.
+      frozen: positions of variables without a gradient: their values and
+        state are kept (shared state still advances).
+      assign: the optimizer's ``assign``, through which every write goes
+        unless ``in_place``.
+      in_place: ``assign`` is Keras's own, so writes may be made in place.
+    """
+
+
+class Backend(Protocol):
+  """What :class:`Optimizer` needs from the module that runs chains on one Keras backend.
+
+  Such a module is registered by name in :data:`expectigrad.bridges.KERAS_BACKENDS`.
+  """
+
+  def Chain(self, transform: _conventions.TransformOrFactory, names: Sequence[str],  # pylint: disable=invalid-name
+            shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]) -> BackendChain:
+    """The chain core over variables of these names, shapes and dtype names."""
+
+  def initialising(self) -> ContextManager:
+    """The context :meth:`Optimizer.build` creates the state variables in."""
+
+  def gradient_shape(self, gradient: Any) -> tuple | None:
+    """A gradient's static shape (None where unknown)."""
+
+  def device_of(self, variable: Any) -> str:
+    """The device of the copy of a variable Keras updates ('' without ``tf.distribute``)."""
+
+  def local(self, variable: Any, device: str) -> Any:
+    """The copy of ``variable`` on ``device``."""
+
+  def dense_gradient(self, gradient: Any, variable: Any) -> Any:
+    """A sparse gradient densified (duplicates summed); a dense one as it is."""
+
+  def zeros_like(self, variable: Any) -> Any:
+    """A zero gradient for a variable that received none."""
+
+
+def _backend() -> Backend:
   """The module that runs chains on Keras's backend."""
-  name = keras.backend.backend()
-  if name == 'tensorflow':
-    from expectigrad.bridges import _keras_tf as module  # pylint: disable=import-outside-toplevel
-  elif name == 'jax':
-    from expectigrad.bridges import _keras_jax as module  # pylint: disable=import-outside-toplevel
-  elif name == 'torch':
-    from expectigrad.bridges import _keras_torch as module  # pylint: disable=import-outside-toplevel
-  else:
-    raise NotImplementedError(f'the Keras backend {name!r} is not supported '
-                              "(use 'jax', 'torch' or 'tensorflow').")
-  return module
+  return bridges.keras_backend(keras.backend.backend())
 
 
 def variable_name(variable: Any) -> str:
@@ -83,7 +138,7 @@ def _slot_layout(leaf: Any, variables: Sequence[Any]) -> Any:
   a ``LayoutMap`` names it.
 
   Args:
-    leaf: a ``_conventions.NamedLeaf`` of the chain's state.
+    leaf: a ``_conventions.StateLeaf`` of the chain's state.
     variables: the optimized variables, indexed by ``leaf.owner``.
 
   Returns:
@@ -94,7 +149,7 @@ def _slot_layout(leaf: Any, variables: Sequence[Any]) -> Any:
   owner = variables[leaf.owner]
   if tuple(leaf.shape) != _shape(owner):
     return None
-  return getattr(owner, '_layout', None)
+  return _private_keras.layout(owner)
 
 
 class Optimizer(keras.optimizers.Optimizer):
@@ -224,7 +279,7 @@ class Optimizer(keras.optimizers.Optimizer):
       TypeError: if a variable is not real floating point (see :meth:`build`).
     """
     grads = list(grads)
-    variables = (self._trainable_variables if trainable_variables is None
+    variables = (_private_keras.trainable_variables(self) if trainable_variables is None
                  else list(trainable_variables))
     if len(grads) == len(variables):
       backend = _backend()
@@ -258,12 +313,13 @@ class Optimizer(keras.optimizers.Optimizer):
     backend = _backend()
     device = backend.device_of(variable)
     pending = self._pending.setdefault(device, {})
-    pending[self._get_variable_index(variable)] = (gradient, variable)
-    if len(pending) < (self._expected or len(self._trainable_variables)):
+    pending[_private_keras.variable_index(self, variable)] = (gradient, variable)
+    model_variables = _private_keras.trainable_variables(self)
+    if len(pending) < (self._expected or len(model_variables)):
       return
     del self._pending[device]
     params, gradients = [], []
-    for index, model_variable in enumerate(self._trainable_variables):
+    for index, model_variable in enumerate(model_variables):
       if index in pending:
         gradient, local = pending[index]
         params.append(local)

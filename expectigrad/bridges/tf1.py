@@ -4,7 +4,8 @@ The chain runs as one converted XLA computation over all the variables of an
 ``apply_gradients`` call (see :mod:`expectigrad.bridges._tf_chain`). Its state
 lives in TF1 slots (state arrays that mirror a variable, see
 :meth:`~tf.compat.v1.train.Optimizer.get_slot`) and non-slot variables
-(global step counts), created like any TF1 optimizer's.
+(global step counts), created like any TF1 optimizer's, through TF's private
+API for them (:mod:`._private_tf`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from expectigrad.bridges import _conventions, _tf_chain
-
-
-def _variable_key(variable) -> Any:
-  """An identity of a variable that survives re-reading it (as TF1's own slot keys)."""
-  return getattr(variable, '_unique_id', None) or id(variable)
+from expectigrad.bridges import _conventions, _private_tf, _tf_chain
 
 
 def _name(variable) -> str:
@@ -83,7 +79,7 @@ class Optimizer(tf.compat.v1.train.Optimizer):
 
   def _build_chain(self, var_list) -> _tf_chain.ConvertedChain:
     """Converts the chain for ``var_list`` once and creates its slots."""
-    keys = tuple(_variable_key(v) for v in var_list)
+    keys = tuple(_private_tf.variable_key(v) for v in var_list)
     if self._chain is not None:
       if keys != self._chain_variables:
         raise ValueError(
@@ -101,10 +97,10 @@ class Optimizer(tf.compat.v1.train.Optimizer):
     with tf.init_scope():
       initial = self._chain.init([_initial_value(v) for v in var_list])
       for leaf, value in zip(self._chain.leaves, initial):
-        if leaf.param_index is None:
-          self._create_non_slot_variable(value, leaf.name, colocate_with=var_list[0])
+        if leaf.owner is None:
+          _private_tf.create_non_slot_variable(self, value, leaf.name, colocate_with=var_list[0])
         else:
-          self._get_or_make_slot(var_list[leaf.param_index], value, leaf.name, self._name)
+          _private_tf.get_or_make_slot(self, var_list[leaf.owner], value, leaf.name)
     return self._chain
 
   def _create_or_restore_slot_variable(self, slot_variable_position, slot_name, variable):
@@ -112,8 +108,9 @@ class Optimizer(tf.compat.v1.train.Optimizer):
 
     Eagerly, TF1 would create a missing slot right away with its variable's
     dtype, which cannot hold an int32 counter; under a variable creator scope
-    it defers instead, and :meth:`_get_or_make_slot` restores the value when
+    it defers instead, and ``_get_or_make_slot`` restores the value when
     the first ``apply_gradients`` creates the slot with its own dtype.
+    Overrides a private hook (:data:`._private_tf.RESTORE_SLOT_HOOK`).
     """
     with tf.variable_creator_scope(lambda next_creator, **kwargs: next_creator(**kwargs)):
       super()._create_or_restore_slot_variable(slot_variable_position, slot_name, variable)
@@ -122,9 +119,9 @@ class Optimizer(tf.compat.v1.train.Optimizer):
     # As TF1 keys its non-slot variables: eager programs (tf.function included) have one graph.
     graph = None if tf.compat.v1.executing_eagerly_outside_functions() else var_list[0].graph
     return [
-        self._get_non_slot_variable(leaf.name, graph)
-        if leaf.param_index is None
-        else self.get_slot(var_list[leaf.param_index], leaf.name)
+        _private_tf.get_non_slot_variable(self, leaf.name, graph)
+        if leaf.owner is None
+        else self.get_slot(var_list[leaf.owner], leaf.name)
         for leaf in self._chain.leaves
     ]
 
@@ -155,8 +152,9 @@ class Optimizer(tf.compat.v1.train.Optimizer):
     chain = self._build_chain(var_list)
     state = self._state_variables(var_list)
     gradients = [_tf_chain.dense_gradient(g, v) for g, v in pairs]
-    with tf.name_scope(name or self._name):
-      learning_rate = chain.learning_rate_tensor(self._call_if_callable(self._learning_rate))
+    with tf.name_scope(name or self.get_name()):
+      learning_rate = chain.learning_rate_tensor(
+          _private_tf.call_if_callable(self, self._learning_rate))
       if all(_is_resource(v) for v in var_list + state):
         # One XLA cluster updates the variables in place (4x faster than below).
         if self._step is None:
@@ -170,7 +168,7 @@ class Optimizer(tf.compat.v1.train.Optimizer):
             learning_rate,
         )
         assignments = [
-            tf.compat.v1.assign(variable, value, use_locking=self._use_locking)
+            tf.compat.v1.assign(variable, value, use_locking=_private_tf.use_locking(self))
             for variable, value in zip(var_list + state, list(new_params) + list(new_state))
         ]
       with tf.control_dependencies(assignments):

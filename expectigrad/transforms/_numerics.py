@@ -69,7 +69,7 @@ def _pairs(gradients: Any, other: Any) -> list[tuple[Any, Any, Any]]:
   """``(path, gradient, other leaf)`` for the non-None gradient leaves.
 
   Trees whose structures differ give no pairs: the transform's own tree
-  operations report that mismatch as they always did.
+  operations report that mismatch in their own words.
   """
   is_none = lambda x: x is None
   leaves, treedef = jax.tree_util.tree_flatten_with_path(gradients, is_leaf=is_none)
