@@ -53,3 +53,21 @@ def test_published_signatures_are_the_contract(module, name, signature):
   parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
   bare = [p.replace(annotation=inspect.Parameter.empty) for p in parameters]
   assert str(inspect.Signature(bare)) == signature
+
+
+@pytest.mark.parametrize('framework,module,name', [
+    ('jax', 'expectigrad.alias', 'expectigrad'),
+    ('torch', 'expectigrad.pytorch', 'Expectigrad'),
+    ('tf1', 'expectigrad.tensorflow1', 'ExpectigradOptimizer'),
+    ('keras', 'expectigrad.tensorflow2', 'Expectigrad'),
+])
+def test_published_names_and_defaults_come_from_the_hyperparameters_table(framework, module, name):
+  """Each published API takes the table's hyperparameters, in its order, with its defaults."""
+  import importlib
+  import inspect
+  from expectigrad import hyperparameters
+  published = getattr(importlib.import_module(module), name)
+  parameters = inspect.signature(published).parameters  # a class: without self
+  expected = [(h.name_in(framework), h.default) for h in hyperparameters.HYPERPARAMETERS]
+  names = [n for n in parameters if n in dict(expected)]
+  assert [(n, parameters[n].default) for n in names] == expected
