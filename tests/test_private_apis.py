@@ -42,11 +42,11 @@ def test_keras_private_api(api):
 
 
 # -- torch ----------------------------------------------------------------------------------
-# The torch bridge's private APIs (Dynamo's ``_init_group``, ``torch._inductor.compile``,
-# ``make_fx(_allow_non_fake_inputs=...)``, ...) go in ``expectigrad/bridges/_private_torch.py``
-# with an ``APIS`` table like the two above, checked by:
+# torch's private APIs (make_fx, torch._inductor.compile, Dynamo's ``_init_group``, ...) are in
+# ``expectigrad/_private_torch.py``, checked by behaviour in ``tests/test_private_torch_apis.py``.
+# Entries for an ``APIS`` table of theirs go here:
 #
-#   @pytest.mark.parametrize('api', _apis('expectigrad.bridges._private_torch', 'torch'))
+#   @pytest.mark.parametrize('api', _apis('expectigrad._private_torch', 'torch'))
 #   def test_torch_private_api(api):
 #     _check(api)
 
