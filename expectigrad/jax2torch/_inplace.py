@@ -32,13 +32,14 @@ except where an ``addcmul`` rounds once.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from expectigrad.jax2torch import _rewrites
 from expectigrad.jax2torch._program import Graph, Literal, Op
+from expectigrad.jax2torch._rewrites import Node
 
 Env = dict
 
@@ -63,27 +64,6 @@ _OUT = {
     'select_n': lambda which, false, true, out: torch.where(which, true, false, out=out),
 }
 _COMMUTATIVE = frozenset({'add', 'mul', 'and', 'or', 'xor'})
-# Consumers that may read a conversion's operand instead (type promotion converts it
-# on load); ``div`` only as the divisor, since the table's ``div`` reads the dividend's
-# dtype to choose between true and truncating division.
-_PROMOTING = {'add': (0, 1), 'sub': (0, 1), 'mul': (0, 1), 'div': (1,)}
-
-
-@dataclasses.dataclass
-class _Node:
-  """One operation of the plan (an :class:`Op`, or a fused ``addcmul``)."""
-  primitive: str
-  inputs: list[Any]
-  output: int | None  # single-output nodes only; None for multi-output ops
-  outputs: list[int]
-  fn: Callable[..., Any]
-  aliasing: bool = False  # its result may be its first operand's storage (not writable)
-
-
-def _is_float(dtype: torch.dtype) -> bool:
-  return dtype in (torch.float32, torch.float64)
-
-
 class _Builder:
   """Decides, for one graph, where each result goes and when each buffer dies."""
 
@@ -98,8 +78,8 @@ class _Builder:
 
   # -- rewriting --------------------------------------------------------------------
 
-  def _simplify(self, graph: Graph) -> list[_Node]:
-    nodes = [_Node(op.primitive, list(op.inputs), op.outputs[0] if len(op.outputs) == 1 else None,
+  def _simplify(self, graph: Graph) -> list[Node]:
+    nodes = [Node(op.primitive, list(op.inputs), op.outputs[0] if len(op.outputs) == 1 else None,
                    list(op.outputs), op.fn, _returns_operand(op)) for op in graph.ops]
     rename: dict[int, Any] = {}
     for node in nodes:  # conversions to the dtype a value has: the value itself
@@ -119,136 +99,10 @@ class _Builder:
     self.destinations = {dest for _, dest in self.alias_pairs}
     self.result_slots = {r for r in self.outputs if not isinstance(r, Literal)}
     nodes = [n for n in nodes if n.primitive != 'dead']
-    nodes = self._fold_conversions(nodes)
-    nodes = self._fold_scalars(nodes)
-    nodes = self._fuse_addcmul(nodes)
-    return self._live(nodes)
-
-  def _consumers(self, nodes: list[_Node]) -> dict[int, list[_Node]]:
-    consumers: dict[int, list[_Node]] = {}
-    for node in nodes:
-      for r in node.inputs:
-        if not isinstance(r, Literal):
-          consumers.setdefault(r, []).append(node)
-    return consumers
-
-  def _fold_conversions(self, nodes: list[_Node]) -> list[_Node]:
-    consumers = self._consumers(nodes)
-    outputs = {r for r in self.outputs if not isinstance(r, Literal)}
-    for node in nodes:
-      if node.primitive != 'convert_element_type' or isinstance(node.inputs[0], Literal):
-        continue
-      source, converted = node.inputs[0], node.output
-      users = consumers.get(converted, [])
-      if converted in outputs or not users or not all(
-          self._promotes_to(user, converted, source) for user in users):
-        continue
-      for user in users:
-        user.inputs = [source if r == converted else r for r in user.inputs]
-      node.primitive = 'dead'
-    return [n for n in nodes if n.primitive != 'dead']
-
-  def _promotes_to(self, user: _Node, converted: int, source: int) -> bool:
-    """Whether ``user`` computes the same reading ``source`` where it reads ``converted``."""
-    positions = [i for i, r in enumerate(user.inputs) if r == converted]
-    if user.primitive not in _PROMOTING or not set(positions) <= set(_PROMOTING[user.primitive]):
-      return False
-    if len(user.inputs) != 2 or len(positions) != 1:
-      return False
-    other = user.inputs[1 - positions[0]]
-    if isinstance(other, Literal):
-      return False
-    want = self.avals[converted].dtype
-    as_read = [_example(self.avals[source]) if i == positions[0] else _example(self.avals[other])
-               for i in range(2)]
-    return torch.result_type(*as_read) == want and self.avals[other].dtype == want
-
-  def _fold_scalars(self, nodes: list[_Node]) -> list[_Node]:
-    """``(x / s) * t`` as ``x * (t / s)`` (and ``*``/``/`` alike) for 0-d ``s``, ``t``: one pass over x.
-
-    Like XLA's division by a scalar (a multiplication by its reciprocal), this
-    may change the last bit; the vector is read and written once instead of twice.
-    """
-    consumers = self._consumers(nodes)
-    outputs = {r for r in self.outputs if not isinstance(r, Literal)}
-    producer = {n.output: n for n in nodes if n.output is not None}
-    scalar = lambda r, dtype: (not isinstance(r, Literal) and self.avals[r].shape == ()
-                               and self.avals[r].dtype == dtype)
-    moved: dict[int, _Node] = {}  # id(outer node) -> the folded scalar's node
-    for node in nodes:
-      if node.primitive not in ('mul', 'div') or node.output is None:
-        continue
-      dtype = self.avals[node.output].dtype
-      if not _is_float(dtype) or self.avals[node.output].shape == ():
-        continue
-      for position in ((0, 1) if node.primitive == 'mul' else (0,)):
-        inner_ref, outer_scale = node.inputs[position], node.inputs[1 - position]
-        inner = producer.get(inner_ref) if not isinstance(inner_ref, Literal) else None
-        if (inner is None or inner.primitive not in ('mul', 'div') or inner_ref in outputs
-            or len(consumers.get(inner_ref, [])) != 1 or not scalar(outer_scale, dtype)):
-          continue
-        if inner.primitive == 'mul' and scalar(inner.inputs[0], dtype):
-          x, inner_scale = inner.inputs[1], inner.inputs[0]
-        elif scalar(inner.inputs[1], dtype):
-          x, inner_scale = inner.inputs
-        else:
-          continue
-        if isinstance(x, Literal) or self.avals[x].shape != self.avals[node.output].shape:
-          continue
-        # x * a * b = x * (a*b); x / a * b = x * (b/a); x * a / b = x * (a/b); x / a / b = x / (a*b)
-        combine, outer = {('mul', 'mul'): (torch.mul, 'mul'), ('div', 'mul'): (torch.div, 'mul'),
-                          ('mul', 'div'): (torch.div, 'mul'), ('div', 'div'): (torch.mul, 'div')}[
-                              inner.primitive, node.primitive]
-        operands = ([outer_scale, inner_scale] if (inner.primitive, node.primitive) == ('div', 'mul')
-                    else [inner_scale, outer_scale])
-        inner.primitive, inner.inputs = 'mul' if combine is torch.mul else 'div', operands
-        inner.fn = lambda a, b, combine=combine: (combine(a, b),)
-        self.avals[inner.output] = self.avals[inner_scale]
-        node.primitive, node.inputs = outer, [x, inner.output]
-        node.fn = (lambda a, b: (torch.mul(a, b),)) if outer == 'mul' else (
-            lambda a, b: (torch.div(a, b),))
-        moved[id(node)] = inner  # the scalar is computed where both its operands exist
-        break
-    ordered = []
-    for node in nodes:
-      if id(node) in moved:
-        ordered.append(moved[id(node)])
-      if node not in moved.values():
-        ordered.append(node)
-    return ordered
-
-  def _fuse_addcmul(self, nodes: list[_Node]) -> list[_Node]:
-    consumers = self._consumers(nodes)
-    outputs = {r for r in self.outputs if not isinstance(r, Literal)}
-    producer = {n.output: n for n in nodes if n.output is not None}
-    for node in nodes:
-      if node.primitive != 'add' or not _is_float(self.avals[node.output].dtype):
-        continue
-      for position in (1, 0):
-        ref = node.inputs[position]
-        mul = producer.get(ref) if not isinstance(ref, Literal) else None
-        if (mul is None or mul.primitive != 'mul' or ref in outputs
-            or len(consumers.get(ref, [])) != 1
-            or any(isinstance(r, Literal) for r in mul.inputs)
-            or isinstance(node.inputs[1 - position], Literal)
-            or self.avals[node.inputs[1 - position]].shape != self.avals[node.output].shape
-            or any(self.avals[r].dtype != self.avals[node.output].dtype for r in mul.inputs)):
-          continue
-        node.primitive, node.inputs = 'addcmul', [node.inputs[1 - position], *mul.inputs]
-        node.fn = lambda a, b, c: (torch.addcmul(a, b, c),)
-        mul.primitive = 'dead'
-        break
-    return [n for n in nodes if n.primitive != 'dead']
-
-  def _live(self, nodes: list[_Node]) -> list[_Node]:
-    """Nodes whose results are used, in order."""
-    needed = {r for r in self.outputs if not isinstance(r, Literal)}
-    kept = []
-    for node in reversed(nodes):
-      if any(s in needed for s in node.outputs):
-        kept.append(node)
-        needed.update(r for r in node.inputs if not isinstance(r, Literal))
-    return kept[::-1]
+    nodes = _rewrites.fold_conversions(nodes, self.avals, self.outputs)
+    nodes = _rewrites.fold_scalars(nodes, self.avals, self.outputs)
+    nodes = _rewrites.fuse_addcmul(nodes, self.avals, self.outputs)
+    return _rewrites.live(nodes, self.outputs)
 
   # -- buffers ------------------------------------------------------------------------
 
@@ -289,7 +143,7 @@ class _Builder:
     destinations = [self.aliases.get(k) for k in range(len(self.outputs))]
     return Plan(self.graph, self.outputs, steps, copies, destinations)
 
-  def _place(self, i: int, node: _Node, buffer: dict, until: dict, writable: set
+  def _place(self, i: int, node: Node, buffer: dict, until: dict, writable: set
              ) -> tuple[int | None, tuple]:
     """Where ``node`` writes: ``(buffer or None, how)``, how = ('fresh',) | ('method', pos) | ('out', slot holding it)."""
     out = node.output
@@ -356,11 +210,6 @@ def _returns_operand(op: Op) -> bool:
   return op.primitive == 'select_n' and len(op.inputs) == 2
 
 
-def _example(aval: Any) -> torch.Tensor:
-  """A tiny tensor of the aval's dtype and rank, for ``torch.result_type``."""
-  return torch.empty((1,) * len(aval.shape), dtype=aval.dtype)
-
-
 def _forget(slots: list[int]) -> Callable[[Env], None]:
   def step(env: Env) -> None:
     for slot in slots:
@@ -375,7 +224,7 @@ def _read(env: Env, ref: Any) -> Any:
   return torch.cat(value) if isinstance(value, list) else value
 
 
-def _step(node: _Node, how: tuple, target: int | None) -> Callable[[Env], None]:
+def _step(node: Node, how: tuple, target: int | None) -> Callable[[Env], None]:
   """The call that runs ``node`` as placed."""
   inputs, outputs = node.inputs, node.outputs
   if how[0] == 'fresh':
