@@ -307,7 +307,7 @@ class _LeafPath(NamedTuple):
   dtype: np.dtype
 
 
-def describe_state(state_shape: Any, param_keys: Sequence[str]) -> list[_LeafPath]:
+def _describe_state(state_shape: Any, param_keys: Sequence[str]) -> list[_LeafPath]:
   """The path, owner, shape and dtype of each leaf of a state traced over ``param_keys``.
 
   A leaf is owned by the parameter whose key is on its path (the innermost
@@ -326,12 +326,12 @@ def describe_state(state_shape: Any, param_keys: Sequence[str]) -> list[_LeafPat
   return leaves
 
 
-def leaf_names(leaves: Sequence[_LeafPath], separator: str = '.', short: bool = False
+def _leaf_names(leaves: Sequence[_LeafPath], separator: str = '.', short: bool = False
                ) -> list[str]:
   """The name of each leaf: its path joined by ``separator`` (``'state'`` if empty).
 
   Args:
-    leaves: from :func:`describe_state`.
+    leaves: from :func:`_describe_state`.
     separator: ``'.'`` for torch's state dict keys, ``'_'`` for TF slot and
       Keras variable names.
     short: leave out chain positions where the name stays unique among the
@@ -356,13 +356,13 @@ def state_leaves(state_shape: Any, param_keys: Sequence[str], separator: str = '
   Args:
     state_shape: the state's tree of ``jax.ShapeDtypeStruct``.
     param_keys: the keys the chain saw the parameters under.
-    separator, short: how names are made (see :func:`leaf_names`): torch's
+    separator, short: how names are made (see :func:`_leaf_names`): torch's
       state dict has ``('.', False)``, TF slots and Keras variables ``('_', True)``.
     dtype: the leaf's numpy dtype -> the dtype the bridge keeps.
   """
-  leaves = describe_state(state_shape, param_keys)
+  leaves = _describe_state(state_shape, param_keys)
   return [StateLeaf(name, leaf.owner, leaf.shape, dtype(leaf.dtype))
-          for name, leaf in zip(leaf_names(leaves, separator, short), leaves)]
+          for name, leaf in zip(_leaf_names(leaves, separator, short), leaves)]
 
 
 def raveled_layout(factory: Callable[..., optax.GradientTransformation]

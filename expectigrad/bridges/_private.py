@@ -1,11 +1,13 @@
 """How the bridges record the private framework APIs they use.
 
 Each framework's private APIs are used from one module (``_private_tf``,
-``_private_keras``, ``_private_torch``), whose docstring lists them with the
-version each was checked against, and whose :data:`APIS` table
-``tests/test_private_apis.py`` checks against the installed version: a
-release that renames or re-signs one fails there, naming it, rather than
-somewhere inside a training step.
+``_private_keras``; torch's are ``expectigrad._private_torch``, which the
+jaxpr -> torch compiler uses too), whose docstring lists them with the
+version each was checked against. For TF and Keras an :data:`APIS` table is
+checked by ``tests/test_private_apis.py`` against the installed version, for
+torch ``tests/test_private_torch_apis.py`` runs each API: a release that
+renames or re-signs one fails there, naming it, rather than somewhere
+inside a training step.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ for chains with a primitive the lowering lacks.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.extend import core as jax_core
@@ -25,6 +25,7 @@ import torch
 
 from expectigrad import jax2torch
 from expectigrad.bridges import _conventions, _inductor
+from expectigrad.bridges._conventions import StateLeaf
 
 MakeTransform = Callable[[dict], optax.GradientTransformation]
 
@@ -42,32 +43,6 @@ def x64_scope(dtype: torch.dtype):
 def jax_dtype(dtype: torch.dtype) -> np.dtype:
   """torch dtype -> numpy/JAX dtype; by name, since numpy has no bfloat16 of its own."""
   return jax.numpy.dtype(str(dtype).removeprefix('torch.'))
-
-
-class StateLeaf(NamedTuple):
-  """One leaf of the lowered chain's state.
-
-  Attributes:
-    name: its path in the state tree without the parameter key.
-    owner: the index of the parameter that owns it, or None if shared.
-    shape: its shape in the optax state.
-    dtype: its torch dtype.
-  """
-  name: str
-  owner: int | None
-  shape: tuple[int, ...]
-  dtype: torch.dtype
-
-
-def describe_state(state_shape: Any, keys: Sequence[str]) -> list[StateLeaf]:
-  """One :class:`StateLeaf` per leaf of a state traced over parameters keyed ``keys``.
-
-  Owners and names follow the bridges' one rule (:mod:`._conventions`), with
-  chain positions kept: ``'0.sum_of_squares'``, ``'1.momentum'``.
-  """
-  leaves = _conventions.describe_state(state_shape, keys)
-  return [StateLeaf(name, leaf.owner, leaf.shape, jax2torch.torch_dtype(leaf.dtype))
-          for name, leaf in zip(_conventions.leaf_names(leaves, '.'), leaves)]
 
 
 class LoweredChain:
@@ -102,35 +77,25 @@ class LoweredChain:
                device: torch.device | None, keys: Sequence[str] | None = None):
     self.n_params = len(shapes)
     self.hyper_names = tuple(hyper_names)
-    self._dtypes = list(dtypes)
-    self.hyper_dtype = getattr(torch, _conventions.hyper_dtype(self._dtypes))
     keys = list(keys) if keys is not None else [param_key(i) for i in range(self.n_params)]
-    with _conventions.x64_scope(self._dtypes):
+    params = [jax.ShapeDtypeStruct(tuple(s), jax_dtype(d)) for s, d in zip(shapes, dtypes)]
+    # Parameters, gradients and updates are lists in the parameters' order;
+    # the chain sees dicts under ``keys`` (whose sorted order orders the state).
+    self.chain = _conventions.Chain(lambda **hyper: make(hyper), keys, params, hyper_names)
+    self.hyper_dtype = getattr(torch, self.chain.hyper_dtype)
+    state = self.state_shape = self.chain.state_shape
+    with self.chain.x64():
       hyper = {k: jax.ShapeDtypeStruct((), jax_dtype(self.hyper_dtype)) for k in hyper_names}
-      params = [jax.ShapeDtypeStruct(tuple(s), jax_dtype(d)) for s, d in zip(shapes, self._dtypes)]
-      # Parameters, gradients and updates are lists in the parameters' order;
-      # the chain sees dicts under ``keys`` (whose sorted order orders the state).
-      tree = lambda values: None if values is None else dict(zip(keys, values))
-
-      def init(h, p):
-        return make(h).init(tree(p))
-
-      def update(h, g, s, p):
-        updates, new_state = make(h).update(tree(g), s, tree(p))
-        return [updates[k] for k in keys], new_state
-
-      state = jax.eval_shape(init, hyper, params)
+      update = self.chain.update_tree
       self.reads_params = _reads(jax.make_jaxpr(update)(hyper, params, state, params),
                                  len(params))
-      self.init = jax2torch.lower(init, hyper, params)
-      self.update = jax2torch.lower(update, hyper, params, state,
-                                    params)
+      self.init = jax2torch.lower(self.chain.init_tree, hyper, params)
+      self.update = jax2torch.lower(update, hyper, params, state, params)
       self._jax_update = jax.jit(update)
     self.device = device
     if device is not None:
       self.place(device)
-    self.state_shape = state
-    self.state = describe_state(state, keys)
+    self.state = self.chain.state_leaves('.', short=False, dtype=jax2torch.torch_dtype)
     self.unsupported = self.init.unsupported | self.update.unsupported
     n, m, k = self.n_params, len(self.state), len(self.hyper_names)
     self.compiled_step = _inductor.CompiledInPlace(
@@ -191,7 +156,7 @@ class LoweredChain:
 
     Tensors cross through dlpack (zero-copy where XLA accepts the buffer).
     """
-    with _conventions.x64_scope(self._dtypes):
+    with self.chain.x64():
       leaves = [jax.dlpack.from_dlpack(a.detach().contiguous()) for a in args]
       h, g, s, p = jax.tree.unflatten(self.update.in_tree, leaves)
       out = self._jax_update(h, g, s, p)

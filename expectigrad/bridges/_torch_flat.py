@@ -29,8 +29,8 @@ import jax
 import torch
 
 from expectigrad import jax2torch
-from expectigrad.bridges import _torch_chain
-from expectigrad.bridges._torch_chain import StateLeaf
+from expectigrad.bridges import _conventions, _torch_chain
+from expectigrad.bridges._conventions import StateLeaf
 
 
 def is_elementwise(jaxpr: Any) -> bool:
@@ -153,7 +153,7 @@ class FlatChain:
     self.in_tree = jax.tree.structure((hyper, vector, state, vector))
     self.state_tree = jax.tree.structure(state)
     self.out_tree = jax.tree.structure(out_shape)
-    self.leaves = _torch_chain.describe_state(state, [key])
+    self.leaves = _conventions.state_leaves(state, [key], '.', False, jax2torch.torch_dtype)
     self.tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
     self.usable = corresponds(tree.state, self.leaves, sum(layout.numels)) and (
         is_elementwise(self.closed))

@@ -125,9 +125,8 @@ class Optimizer(torch.optim.Optimizer):
     index = len(self.param_groups) - 1
     try:
       for p in self.param_groups[index]['params']:
-        if not (p.is_floating_point() or p.is_complex()):
-          raise TypeError(f'param_groups[{index}] holds a {p.dtype} parameter; '
-                          'only floating-point and complex parameters can be optimized.')
+        _conventions.check_floating(f'a parameter of param_groups[{index}]', p.dtype,
+                                    complex_as_real=True)
       self._hyperparameters(index)
     except Exception:
       self.param_groups.pop()
