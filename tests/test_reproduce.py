@@ -1,8 +1,12 @@
 """``expectigrad reproduce``: every experiment in a tiny configuration, its files, its numbers, its flags."""
 
 import dataclasses
+import hashlib
+import importlib
 import importlib.util
+import inspect
 import pathlib
+import platform
 import socket
 
 import jax
@@ -15,14 +19,22 @@ from sklearn.metrics import roc_auc_score
 from expectigrad.cli import reddi, reproduce
 from expectigrad.cli.experiments import EXPERIMENT_NAMES, FULL_SEEDS
 from expectigrad.cli.main import build_parser, main
-from expectigrad.cli.reproduce import ablations, drift, grid, online, optimizers, protocol, quadratic, reddi_sweep, sparse
+from expectigrad.cli.reproduce import (ablations, conv, drift, grid, language, online, optimizers, protocol, quadratic,
+                                       reddi_sweep, sparse)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # A few seconds per experiment; C = 10 with the paper's beta2 = 1/101 is where Adam fails.
 TINY = reproduce.Config(reddi_cs=(3.0, 10.0), reddi_beta2s=(0.1, 0.999), reddi_steps=3000,
                         online_steps=20_000, online_records=100, seeds=3, lrs=(1e-3, 1e-2, 1e-1),
-                        drift_steps=2000, quadratic_steps=100, sparse_vocab=1000, sparse_examples=2048)
+                        drift_steps=2000, quadratic_steps=100, sparse_vocab=1000, sparse_examples=2048,
+                        lm_lrs=(1e-3, 1e-2), lm_layers=1, lm_width=16, lm_context=16, lm_batch=4, lm_steps=20,
+                        lm_held_out=256, conv_channels=4, conv_steps=20)
+
+
+# Every optimizer of the language model and the conv net is a compile of seconds; these few test their
+# path (the default run trains them all, and test_every_competitor_of_the_issue_runs checks the lists).
+TINY_OPTIMIZERS = ('expectigrad', 'adam', 'adamw')
 
 
 @pytest.fixture(scope='module')
@@ -33,6 +45,8 @@ def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp('reproduce')
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(socket.socket, 'connect', no_network)
+    for module in (language, conv):
+      patch.setattr(module, 'OPTIMIZERS', TINY_OPTIMIZERS)
     results = reproduce.run_reproduce(out, TINY, seed=0, progress=False)
   return out, results, (out / reproduce.RESULTS).read_text()
 
@@ -167,7 +181,8 @@ def best_on_validation(scores: protocol.Scores) -> int:
 def test_tuned_tables_have_n_the_rule_and_the_returned_numbers(tiny_run):
   _, results, text = tiny_run
   assert protocol.RULE in text
-  for name, marker in (('sparse', 'Sparse embeddings'), ('quadratic', 'Noisy quadratic'), ('drift', 'A drifting')):
+  for name, marker in (('sparse', 'Sparse embeddings'), ('quadratic', 'Noisy quadratic'), ('drift', 'A drifting'),
+                       ('language', 'A byte-level'), ('conv', 'A convolutional')):
     tuned = results[name].tuned if name == 'drift' else results[name]
     assert f'test {tuned.metric}, n={TINY.seeds}' in text
     summary = tables_after(text, marker)[0]
@@ -189,12 +204,12 @@ def test_every_comparison_is_in_the_claims_table(tiny_run):
   expected = [(name, competitor, c.call) for name, module in reproduce.EXPERIMENTS.items()
               if hasattr(module, 'claims') for _, competitor, c in module.claims(results[name])]
   assert [(row[0], row[2], row[4]) for row in rows] == expected
-  assert {'sparse', 'drift', 'quadratic', 'online', 'ablations'} <= {row[0] for row in rows}
+  assert {'sparse', 'drift', 'quadratic', 'online', 'language', 'conv', 'ablations'} <= {row[0] for row in rows}
 
 
 def test_seeds_are_paired_and_held_out_data_is_never_trained_on(tiny_run):
   results = tiny_run[1]
-  for name in ('sparse', 'quadratic'):
+  for name in ('sparse', 'quadratic', 'language', 'conv'):
     assert {s.seeds for s in results[name].scores.values()} == {(0, 1, 2)}
   context = reproduce.Context(TINY, progress=False)
   data = sparse.data(context)
@@ -262,14 +277,105 @@ def test_drift_regret_with_a_frozen_point_is_the_distance_to_the_walk():
   np.testing.assert_allclose(regret[3, 0], np.cumsum(losses)[[99, 199, 299, 399]] / [100, 200, 300, 400], rtol=1e-4)
 
 
-def test_ablation_corners_reuse_the_sparse_grids_and_the_others_differ(tiny_run):
+@pytest.mark.parametrize('task', ['sparse', 'language'])
+def test_ablation_corners_reuse_the_task_grids_and_the_others_differ(tiny_run, task):
   results = tiny_run[1]
-  variants = results['ablations'].tasks['sparse'].scores
+  variants = results['ablations'].tasks[task].scores
   assert list(variants) == list(ablations.VARIANTS)
-  assert variants['expectigrad'] is results['sparse'].scores['expectigrad']
-  assert variants['adam'] is results['sparse'].scores['adam']
+  assert variants['expectigrad'] is results[task].scores['expectigrad']
+  assert variants['adam'] is results[task].scores['adam']
   for name in ('arithmetic + inner', 'EMA + outer'):
     assert not np.allclose(variants[name].validation, variants['expectigrad'].validation), name
+  assert {s.lrs for s in variants.values()} == {results[task].scores['adam'].lrs}
+
+
+def test_language_text_is_the_listed_stdlib_modules_and_the_section_records_it(tiny_run):
+  """The text is each listed module's source file, as ``inspect`` finds it, in order; the results name the
+  Python version and the text's sha256."""
+  sources = [pathlib.Path(inspect.getsourcefile(importlib.import_module(name.removesuffix('.py')))).read_bytes()
+             for name in language.MODULES]
+  corpus = b''.join(sources)
+  assert language.text() == corpus
+  text = tiny_run[2]
+  assert hashlib.sha256(corpus).hexdigest() in text and f'Python {platform.python_version()}' in text
+  parts = language.splits(corpus, TINY.lm_held_out)
+  assert b''.join(p.tobytes() for p in parts.values()) == corpus
+  assert len(parts['validation']) == len(parts['test']) == TINY.lm_held_out
+  assert parts['test'].tobytes() == sources[-1][-TINY.lm_held_out:]   # queue.py's end
+  with pytest.raises(ValueError, match='too few'):
+    language.splits(b'x' * 10, 4)
+
+
+def test_language_windows_predict_every_held_out_byte_once_and_train_windows_come_from_train():
+  part = np.arange(50, dtype=np.uint8)
+  windows = language.held_out_windows(part, 16)
+  assert windows.shape == (3, 17)
+  np.testing.assert_array_equal(np.concatenate([w[1:] for w in windows]), part[1:49])
+  context = reproduce.Context(TINY, progress=False)
+  data = language.data(context)
+  train = language.splits(language.text(), TINY.lm_held_out)['train'].tobytes()
+  batches = np.asarray(data.batches)
+  assert batches.shape == (TINY.seeds, TINY.lm_steps, TINY.lm_batch, TINY.lm_context + 1)
+  assert all(window.tobytes() in train for window in batches[:, :3].reshape(-1, TINY.lm_context + 1))
+  np.testing.assert_array_equal(np.asarray(language.data(context).batches), batches)   # paired: same data
+  assert not np.array_equal(batches[0], batches[1])
+  held_out = np.asarray(data.held_out['test'])
+  assert (held_out == held_out[0]).all()   # every seed is scored on the same text
+
+
+def test_language_model_is_causal_and_uniform_logits_cost_eight_bits():
+  params = jax.jit(language.problem(reproduce.Context(TINY, progress=False)).init)(jax.random.key(0))
+  window = jnp.asarray(np.frombuffer(b'def f(x):\n  return x', np.uint8)[:TINY.lm_context + 1], jnp.int32)
+  model = jax.jit(language._logits)   # pylint: disable=protected-access
+  logits, changed = model(params, window[None, :-1]), model(params, window[None, :-1].at[0, 10].set(0))
+  np.testing.assert_array_equal(logits[0, :10], changed[0, :10])   # a byte does not see those after it
+  assert not np.allclose(logits[0, 10:], changed[0, 10:])
+  uniform = jax.tree.map(jnp.zeros_like, params)   # logits all zero: log2(256) bits for every byte
+  np.testing.assert_allclose(language._bits_per_byte(uniform, window[None]), 8.0, rtol=1e-6)  # pylint: disable=protected-access
+
+
+def test_conv_layer_is_laxs_strided_convolution():
+  x = jax.random.normal(jax.random.key(0), (3, conv.LENGTH, 2))
+  w = jax.random.normal(jax.random.key(1), (conv.KERNEL, 2, 4))   # (offset, in, out)
+  b = jnp.arange(4.0)
+  expected = jax.lax.conv_general_dilated(x, w, (conv.STRIDE,), [(conv.KERNEL // 2, conv.KERNEL // 2)],
+                                          dimension_numbers=('NWC', 'WIO', 'NWC')) + b
+  ours = conv.conv1d(x, w.reshape(conv.KERNEL * 2, 4), b)
+  assert ours.shape == (3, conv.LENGTH // conv.STRIDE, 4)
+  np.testing.assert_allclose(ours, expected[:, :conv.LENGTH // conv.STRIDE], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_data_is_mnist1d_split_and_batches_are_shuffled_epochs():
+  from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=import-outside-toplevel
+  raw = make_dataset(get_dataset_args())
+  sets = conv.dataset()
+  np.testing.assert_array_equal(np.concatenate([sets['train']['x'], sets['validation']['x']]),
+                                raw['x'].astype(np.float32))
+  np.testing.assert_array_equal(sets['test']['y'], raw['y_test'])
+  assert len(sets['validation']['y']) == conv.VALIDATION
+  per_epoch = len(sets['train']['y']) // conv.BATCH
+  steps = 2 * per_epoch
+  context = reproduce.Context(dataclasses.replace(TINY, conv_steps=steps), progress=False)
+  data = conv.data(context)
+  x = np.asarray(data.batches['x'])
+  assert x.shape == (TINY.seeds, steps, conv.BATCH, conv.LENGTH)
+  for seed in range(TINY.seeds):
+    for epoch in range(2):   # each training sequence at most once an epoch, none held out
+      seen = {row.tobytes() for row in x[seed, epoch * per_epoch:(epoch + 1) * per_epoch].reshape(-1, conv.LENGTH)}
+      assert len(seen) == per_epoch * conv.BATCH
+      assert seen <= {row.tobytes() for row in sets['train']['x']}
+  assert not np.array_equal(x[0], x[1])
+  np.testing.assert_array_equal(np.asarray(conv.data(context).batches['y']), np.asarray(data.batches['y']))
+
+
+def test_every_competitor_of_the_issue_runs():
+  """Issue #20's competitors, each an optax optimizer (or Expectigrad) with a default rate on the grids."""
+  competitors = {'expectigrad', 'adam', 'adamw', 'amsgrad', 'adagrad', 'sgd+momentum', 'lion'}
+  assert set(language.OPTIMIZERS) == set(conv.OPTIMIZERS) == competitors
+  for name in competitors:
+    for lrs in (reproduce.DEFAULT.lrs, reproduce.DEFAULT.lm_lrs):
+      assert np.isclose(lrs, optimizers.DEFAULT_LRS[name], rtol=1e-9).any(), (name, lrs)
+    assert isinstance(optimizers.FACTORIES[name](1e-3), optax.GradientTransformation)
 
 
 def test_seeds_wrap_at_the_seed_limit():
@@ -341,6 +447,16 @@ def test_missing_demo_extra_is_named_before_any_work(tmp_path, monkeypatch, caps
   line = error_line(capsys)
   assert line.startswith('expectigrad reproduce: error: tqdm') and '".[demo]"' in line
   assert not list(tmp_path.iterdir())   # reported before any work
+
+
+def test_missing_mnist1d_is_named_only_when_conv_runs(tmp_path, monkeypatch, capsys):
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *args: None if name == 'mnist1d' else real_find_spec(name, *args))
+  monkeypatch.setitem(reproduce.CONFIGS, 'default', TINY)
+  assert main(['reproduce', '--only', 'conv', '--out', str(tmp_path / 'a')]) == 2
+  assert error_line(capsys).startswith('expectigrad reproduce: error: mnist1d')
+  assert main(['reproduce', '--only', 'reddi-sweep', '--out', str(tmp_path / 'b'), '--no-progress']) == 0
 
 
 def test_full_help_gives_the_configured_sizes():

@@ -115,10 +115,11 @@ def _reddi(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-  _require_demo_extra('matplotlib', 'tqdm')   # before JAX is imported: every experiment plots and shows progress
+  only = args.only or list(EXPERIMENT_NAMES)
+  # Before JAX is imported: every experiment plots and shows progress, and the conv net's data is mnist1d's.
+  _require_demo_extra('matplotlib', 'tqdm', *(['mnist1d'] if 'conv' in only else []))
   from expectigrad.cli import reproduce  # pylint: disable=import-outside-toplevel
   config = reproduce.CONFIGS['full' if args.full else 'default']
-  only = args.only or list(reproduce.EXPERIMENTS)
   reproduce.run_reproduce(_output_dir(args.out), config, args.seed, only, progress=not args.no_progress)
 
 

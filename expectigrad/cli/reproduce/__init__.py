@@ -9,7 +9,9 @@ optimizers under the protocol, ``claims(result)``:
 - :mod:`.drift`: tracking a moving optimum through rare large gradients.
 - :mod:`.quadratic`: DeepOBS's noisy quadratic.
 - :mod:`.sparse`: a click-through-style embedding model, one streaming pass.
-- :mod:`.ablations`: arithmetic vs EMA denominator x outer vs inner momentum, on the sparse task.
+- :mod:`.language`: a byte-level transformer on the Python standard library's source.
+- :mod:`.conv`: a convolutional net on MNIST-1D.
+- :mod:`.ablations`: arithmetic vs EMA denominator x outer vs inner momentum, on the sparse and language tasks.
 
 :mod:`.protocol` is the tuning and comparison protocol and its tables,
 :mod:`.grid` trains a model over every (seed, learning rate) lane,

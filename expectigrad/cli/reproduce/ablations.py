@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from expectigrad.cli.reproduce import grid, protocol, sparse
+from expectigrad.cli.reproduce import language, protocol, sparse
 from expectigrad.cli.reproduce.common import Context
 
 TITLE = 'Ablations: arithmetic vs EMA denominator, outer vs inner momentum'
@@ -22,8 +22,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     'expectigrad': ('arithmetic', 'outer'), 'arithmetic + inner': ('arithmetic', 'inner'),
     'EMA + outer': ('EMA', 'outer'), 'adam': ('EMA', 'inner'),
 }
-# task -> the module with its problem(context) and data(context).
-TASKS = {'sparse': sparse}
+# task -> the module with its problem(context) and scores(context, names).
+TASKS = {'sparse': sparse, 'language': language}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +37,8 @@ def run(context: Context) -> AblationResult:
   """The four variants on every task of :data:`TASKS` (reusing grids already trained in this run)."""
   results = {}
   for task, module in TASKS.items():
-    scores = grid.run_optimizers(context, task, module.problem(context), lambda m=module: m.data(context), VARIANTS)
-    metric = module.problem(context).metric
-    results[task] = protocol.Tuned(f'{task}: ablations', f'The {task} task ({module.TITLE}).', scores, metric)
+    results[task] = protocol.Tuned(f'{task}: ablations', f'The {task} task ({module.TITLE}).',
+                                   module.scores(context, VARIANTS), module.problem(context).metric)
   return AblationResult(results)
 
 

@@ -30,6 +30,12 @@ class Config:
     quadratic_steps: minibatch steps on the noisy quadratic.
     sparse_vocab: ids per field of the sparse task.
     sparse_examples: examples in its one streaming pass.
+    lm_lrs: the language model's learning-rate grid (coarser than ``lrs``: each lane costs far more);
+      it holds each optimizer's default rate.
+    lm_layers, lm_width, lm_context: the transformer's depth, width and context in bytes.
+    lm_batch, lm_steps: windows per step and training steps.
+    lm_held_out: bytes of text in the validation split and in the test split.
+    conv_channels, conv_steps: the MNIST-1D convolutional net's channels per layer and training steps.
   """
 
   reddi_cs: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
@@ -43,6 +49,15 @@ class Config:
   quadratic_steps: int = 1000
   sparse_vocab: int = 10_000
   sparse_examples: int = 16_384
+  lm_lrs: tuple[float, ...] = tuple(np.logspace(-4, 0, 5).tolist())
+  lm_layers: int = 2
+  lm_width: int = 32
+  lm_context: int = 32
+  lm_batch: int = 8
+  lm_steps: int = 300
+  lm_held_out: int = 4096
+  conv_channels: int = 16
+  conv_steps: int = 600
 
   def __post_init__(self):
     for name in ('online_steps', 'drift_steps'):
@@ -57,7 +72,9 @@ DEFAULT = Config()
 # Sized for a GPU (it runs there when JAX has one); hours on a CPU.
 FULL = Config(reddi_steps=1_000_000, online_steps=10_000_000, seeds=FULL_SEEDS,
               lrs=tuple(np.logspace(-5, 1, 25).tolist()), drift_steps=200_000, quadratic_steps=5000,
-              sparse_vocab=100_000, sparse_examples=262_144)
+              sparse_vocab=100_000, sparse_examples=262_144, lm_lrs=tuple(np.logspace(-5, 0, 11).tolist()),
+              lm_layers=4, lm_width=128, lm_context=128, lm_batch=32, lm_steps=5000, lm_held_out=16_384,
+              conv_channels=32, conv_steps=6000)
 
 
 @dataclasses.dataclass

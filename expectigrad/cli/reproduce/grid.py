@@ -72,12 +72,18 @@ def keys(context: Context) -> jax.Array:
   return jax.vmap(jax.random.key)(jnp.asarray(seeds(context), jnp.uint32))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init(problem: Problem, factory: optimizers.Factory, keys: jax.Array, lrs: jax.Array) -> tuple:
-  def one(key, lr):
-    params = problem.init(key)
+# Initial parameters compile once per problem, not once per optimizer: drawing them is most of the
+# compile time of a small model's start.
+@functools.partial(jax.jit, static_argnums=0)
+def _params(problem: Problem, keys: jax.Array) -> Any:
+  return jax.vmap(problem.init)(keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(factory: optimizers.Factory, params: Any, lrs: jax.Array) -> tuple:
+  def one(params, lr):
     return params, factory(lr).init(params)
-  return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(keys, lrs)
+  return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(params, lrs)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -116,7 +122,7 @@ def train(problem: Problem, factory: optimizers.Factory, data: Data, lrs: Sequen
     split -> metric -> ``(seeds, lrs)`` float64 values (non-finite where a lane diverged).
   """
   lr_array = jnp.asarray(lrs, jnp.float32)
-  carry = _init(problem, factory, data.keys, lr_array)
+  carry = _init(factory, _params(problem, data.keys), lr_array)
   for start, stop in pieces(data.steps):
     part = jax.tree.map(lambda a, start=start, stop=stop: a[:, start:stop], data.batches)
     carry = _train(problem, factory, carry, part, lr_array)
@@ -126,7 +132,7 @@ def train(problem: Problem, factory: optimizers.Factory, data: Data, lrs: Sequen
 
 
 def run_optimizers(context: Context, task: str, problem: Problem, data: Callable[[], Data],
-                   names: Sequence[str]) -> dict[str, protocol.Scores]:
+                   names: Sequence[str], lrs: Sequence[float] | None = None) -> dict[str, protocol.Scores]:
   """Optimizer name -> :class:`~expectigrad.cli.reproduce.protocol.Scores` on one task.
 
   A grid another experiment of this run already trained (same task, same
@@ -138,8 +144,10 @@ def run_optimizers(context: Context, task: str, problem: Problem, data: Callable
     problem: the model (the same object for every call of a run, so it compiles once).
     data: makes the task's data (called only if some grid is not cached).
     names: keys of :data:`~expectigrad.cli.reproduce.optimizers.FACTORIES`.
+    lrs: the task's learning-rate grid (default: the configuration's ``lrs``); the same for every call of a
+      task in a run, since its grids are cached by task and optimizer.
   """
-  lrs = context.config.lrs
+  lrs = context.config.lrs if lrs is None else lrs
   todo = [name for name in names if (task, name) not in context.cache]
   if todo:
     if (task, 'data') not in context.cache:

@@ -14,13 +14,14 @@ import jax
 
 from expectigrad.cli import tables
 from expectigrad.cli.experiments import EXPERIMENT_NAMES
-from expectigrad.cli.reproduce import ablations, drift, online, protocol, quadratic, reddi_sweep, sparse
+from expectigrad.cli.reproduce import (ablations, conv, drift, language, online, protocol, quadratic, reddi_sweep,
+                                       sparse)
 from expectigrad.cli.reproduce.common import DEFAULT, FULL, Config, Context
 
 # name -> module with TITLE, run(context), section(result), plot(result, path) and, where Expectigrad is
 # compared under the protocol, claims(result). The names are the command line's (parsed without JAX).
 EXPERIMENTS: dict[str, types.ModuleType] = dict(zip(EXPERIMENT_NAMES, (reddi_sweep, online, drift, quadratic, sparse,
-                                                                       ablations), strict=True))
+                                                                       language, conv, ablations), strict=True))
 # What ``--full`` picks; the command line looks sizes up here when it runs.
 CONFIGS: dict[str, Config] = {'default': DEFAULT, 'full': FULL}
 RESULTS = 'results.md'
