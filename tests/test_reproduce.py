@@ -495,6 +495,18 @@ def test_readme_claims_are_what_the_default_run_prints(default_tables):
   assert quoted and all(row in claims for row in quoted), (quoted, claims)
 
 
+def test_readme_claims_rows_are_comparisons_the_run_makes(tiny_run):
+  """The README's rows for experiments too slow to rerun here at default sizes name exactly the comparisons
+  the run makes (the tiny run has the default run's experiments, metrics and competitors)."""
+  rows = tables_after(tiny_run[2], reproduce.runner.CLAIMS_TITLE)[0]
+  readme = (ROOT / 'README.md').read_text()
+  quoted = [row for row in tables_after(readme.replace('### ', '## '), 'Claims')[0] if row[0] not in QUOTED]
+  assert {row[0] for row in quoted} == {'sparse', 'language', 'conv', 'ablations'}
+  expected = [row[:3] for row in rows if row[0] in {'sparse', 'language', 'conv', 'ablations'}]
+  tiny_only = set(TINY_OPTIMIZERS)   # the tiny run trains these few on the language model and the conv net
+  assert [row[:3] for row in quoted if row[0] not in ('language', 'conv') or row[2] in tiny_only] == expected
+
+
 def test_python_api_rejects_bad_values():
   with pytest.raises(ValueError, match='multiple of online_records'):
     reproduce.Config(online_steps=1001, online_records=1000)

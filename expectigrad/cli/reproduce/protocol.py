@@ -256,6 +256,6 @@ def plot_scores(panels: Mapping[str, Mapping[str, Scores]], path: pathlib.Path, 
       ax.fill_between(s.lrs, values.min(axis=0), values.max(axis=0), color=f'C{i}', alpha=0.15, linewidth=0)
       ax.plot(s.lrs[s.chosen()], values.mean(axis=0)[s.chosen()], 'o', color=f'C{i}', fillstyle='none')
     ax.set(xscale='log', xlabel='learning rate', ylabel=f'validation {label}')
-  figure.legend(loc='outside right upper', fontsize='small')
+  figure.legend(loc='outside right center', fontsize='small')   # centred: clear of the data and the title
   figure.suptitle(title)
   figure.savefig(path, dpi=80)

@@ -25,7 +25,7 @@ from expectigrad.cli.reproduce import grid, protocol
 from expectigrad.cli.reproduce.common import Context
 
 TITLE = 'Sparse embeddings: a click-through-style model, one streaming pass'
-OPTIMIZERS = ('expectigrad', 'expectigrad (dense n)', 'adam', 'amsgrad', 'adagrad', 'sgd+momentum')
+OPTIMIZERS = ('expectigrad', 'expectigrad (dense n)', 'adam', 'adamw', 'amsgrad', 'adagrad', 'sgd+momentum')
 FIELDS, BAG, DIMENSION = 4, 2, 4
 ZIPF = 1.1
 PLANTED_SCALE, PLANTED_BIAS = 0.5, -1.0    # planted weights ~ N(0, 0.5^2); base rate sigmoid(-1) = 0.27
