@@ -185,13 +185,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
       'reproduce', help="the evidence for and against Expectigrad, in minutes on a CPU: PNG figures and results.md",
       description="Reruns the paper's claims and tests the README's in JAX: Reddi et al.'s section 3 problem "
                   'swept over C and beta2, its section 5 online and stochastic problems over seeds, a drifting '
-                  'problem, a noisy quadratic, sparse embeddings, and the ablation grid. Every optimizer is tuned '
+                  'problem, a noisy quadratic, sparse embeddings, a byte-level language model on the standard '
+                  "library's source, a conv net on MNIST-1D, and the ablation grid. Every optimizer is tuned "
                   'on validation data from one learning-rate grid and compared on test data over paired seeds. '
                   'Writes one PNG per experiment and results.md (every number from this run); the default '
                   'sizes take a few minutes on 2 CPU cores.')
   reproduce.add_argument('--full', action='store_true',
                          help=f'larger runs, sized for a GPU: more rounds and steps, {FULL_SEEDS} seeds, a '
-                              'finer and wider learning-rate grid, a larger vocabulary')
+                              'finer and wider learning-rate grid, a larger vocabulary, a bigger language model '
+                              'and conv net')
   reproduce.add_argument('--only', nargs='+', choices=EXPERIMENT_NAMES, metavar='EXPERIMENT',
                          help=f'run only these, from {", ".join(EXPERIMENT_NAMES)} (default: all)')
   reproduce.add_argument('--out', type=pathlib.Path, default=pathlib.Path('expectigrad-out/reproduce'),
