@@ -122,14 +122,18 @@ def optax_keywords(framework: str, values: Mapping[str, Any]) -> dict[str, Any]:
           if h.key != 'learning_rate' and h.name_in(framework) in values}
 
 
-def checked_factory(framework: str, values: Mapping[str, Any], schedules: bool = False
+def checked_factory(factory: Callable[..., optax.GradientTransformation], framework: str,
+                    values: Mapping[str, Any], schedules: bool = False
                     ) -> Callable[..., optax.GradientTransformation]:
-  """:func:`expectigrad.expectigrad` awaiting ``learning_rate=``, from checked values.
+  """``factory`` awaiting ``learning_rate=``, from checked values.
 
-  What the TF1 and Keras optimizers hand to their bridge: the bridge calls it
-  with the current learning rate inside the compiled step.
+  What the TF1 and Keras optimizers hand to their bridge, with
+  :func:`expectigrad.expectigrad` as ``factory`` (passed in: the alias reads
+  its defaults from this module): the bridge calls it with the current
+  learning rate inside the compiled step.
 
   Args:
+    factory: takes optax's keyword names (:func:`expectigrad.expectigrad`).
     framework: one of :data:`FRAMEWORKS`; decides the names in ``values``.
     values: every hyperparameter, keyed by the framework's names.
     schedules: whether the learning rate may be a schedule or callable.
@@ -140,10 +144,8 @@ def checked_factory(framework: str, values: Mapping[str, Any], schedules: bool =
   Raises:
     TypeError, ValueError: as :func:`check`.
   """
-  # Imported here: expectigrad.alias reads its defaults from this module.
-  from expectigrad.alias import expectigrad  # pylint: disable=import-outside-toplevel
   check(framework, values, schedules)
-  return functools.partial(expectigrad, **optax_keywords(framework, as_floats(values)))
+  return functools.partial(factory, **optax_keywords(framework, as_floats(values)))
 
 
 def as_floats(values: Mapping[str, Any]) -> dict[str, Any]:

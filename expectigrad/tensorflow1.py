@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from expectigrad import hyperparameters
+from expectigrad.alias import expectigrad
 from expectigrad.bridges import tf1
 from expectigrad.bridges._conventions import raveled_layout
 from expectigrad.hyperparameters import DEFAULT
@@ -51,7 +52,7 @@ class ExpectigradOptimizer(tf1.Optimizer):
       name: str = 'Expectigrad',
   ):
     super().__init__(
-        raveled_layout(hyperparameters.checked_factory('tf1', dict(
+        raveled_layout(hyperparameters.checked_factory(expectigrad, 'tf1', dict(
             learning_rate=learning_rate, beta=beta, epsilon=epsilon,
             sparse_counter=sparse_counter), schedules=True)),
         learning_rate=learning_rate,

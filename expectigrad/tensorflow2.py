@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from expectigrad import _validation, hyperparameters
+from expectigrad.alias import expectigrad
 from expectigrad.bridges import keras as keras_bridge
 from expectigrad.bridges._conventions import raveled_layout
 from expectigrad.hyperparameters import DEFAULT
@@ -65,7 +66,8 @@ class Expectigrad(keras_bridge.Optimizer):
     _validation.check_non_negative('decay', decay)
     values = dict(learning_rate=learning_rate, beta=beta, epsilon=epsilon,
                   sparse_counter=sparse_counter)
-    factory = raveled_layout(hyperparameters.checked_factory('keras', values, schedules=True))
+    factory = raveled_layout(hyperparameters.checked_factory(expectigrad, 'keras', values,
+                                                             schedules=True))
     # Plain floats: Keras takes a float learning rate, and get_config must serialise.
     values = hyperparameters.as_floats({**values, 'decay': decay})
     # ``decay`` as a schedule over the learning rate (Keras's public API), so

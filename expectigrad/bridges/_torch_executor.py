@@ -47,10 +47,8 @@ def jax_runs_on(device: torch.device) -> bool:
   import jax  # pylint: disable=import-outside-toplevel
   if device.type == 'cpu':
     return True
-  try:
-    return bool(jax.devices({'cuda': 'gpu'}.get(device.type, device.type)))
-  except RuntimeError:  # "Unknown backend"
-    return False
+  # JAX's default backend is its accelerator when it has one.
+  return {'cuda': 'gpu'}.get(device.type, device.type) in {d.platform for d in jax.devices()}
 
 
 def _check_jax_backend(chain: LoweredChain, executor: str) -> None:

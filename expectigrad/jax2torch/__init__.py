@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import torch
 
-from expectigrad.jax2torch import _foreach, _inplace, _program
+from expectigrad.jax2torch import _foreach, _graph, _inplace, _program
 from expectigrad.jax2torch._primitives import ELEMENTWISE, PRIMITIVES, torch_dtype
 from expectigrad.jax2torch._program import INLINED
 
@@ -79,7 +79,7 @@ class Program:
     constants = self._constants_on(device)
     if foreach:
       return _foreach.run(self._graph, self._steps, args, constants)
-    return _program.run(self._graph, args, constants)
+    return _graph.run(self._graph, args, constants)
 
   def in_place(self, donated: Sequence[int] = (), aliases: Mapping[int, int] | None = None,
                segmented: Sequence[int] = ()) -> Callable[..., list[Any]]:

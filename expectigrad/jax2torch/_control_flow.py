@@ -1,6 +1,6 @@
 """``cond``, ``scan`` and ``while``: higher-order primitives run as sub-programs.
 
-:mod:`._program` builds each sub-jaxpr into a :class:`~._program.Graph` and
+:mod:`._program` builds each sub-jaxpr into a :class:`~._graph.Graph` and
 hands the enclosing operation the sub-programs' constants as trailing
 operands; :func:`implementation` gives the torch function of the operation.
 None of it knows what the sub-programs compute:
@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from expectigrad import _private_torch
-from expectigrad.jax2torch import _primitives, _program
+from expectigrad.jax2torch import _graph, _primitives
 
 # Primitive -> the parameters holding its sub-jaxprs, in the order of its sub-programs.
 SUB_JAXPRS: dict[str, tuple[str, ...]] = {
@@ -49,7 +49,7 @@ def sub_jaxprs(eqn: Any) -> list[Any]:
   return jaxprs
 
 
-def with_sub_programs(impl: Impl, graphs: Sequence[_program.Graph], n_operands: int
+def with_sub_programs(impl: Impl, graphs: Sequence[_graph.Graph], n_operands: int
                       ) -> Callable[..., tuple]:
   """The operation's function: its ``n_operands`` operands, then every graph's constants.
 
@@ -59,7 +59,7 @@ def with_sub_programs(impl: Impl, graphs: Sequence[_program.Graph], n_operands: 
     n_operands: how many leading operands are the equation's own.
 
   Returns:
-    A function of the operation's operands, as :class:`~._program.Op` takes.
+    A function of the operation's operands, as :class:`~._graph.Op` takes.
   """
   def fn(*operands):
     constants = iter(operands[n_operands:])
@@ -69,12 +69,12 @@ def with_sub_programs(impl: Impl, graphs: Sequence[_program.Graph], n_operands: 
   return fn
 
 
-def _call(graph: _program.Graph, constants: dict[int, torch.Tensor]) -> Call:
-  return lambda operands: _program.run(graph, operands, constants)
+def _call(graph: _graph.Graph, constants: dict[int, torch.Tensor]) -> Call:
+  return lambda operands: _graph.run(graph, operands, constants)
 
 
-def implementation(name: str, params: dict[str, Any], graphs: Sequence[_program.Graph],
-                   known: Sequence[Any], out_avals: Sequence[_program.Aval]
+def implementation(name: str, params: dict[str, Any], graphs: Sequence[_graph.Graph],
+                   known: Sequence[Any], out_avals: Sequence[_graph.Aval]
                    ) -> tuple[Impl, dict[str, Any]]:
   """The torch implementation of a control-flow equation.
 
@@ -105,7 +105,7 @@ def _cond(calls: Sequence[Call], index: Any, *operands: Any) -> tuple:
   return tuple(_primitives.PRIMITIVES['select_n'](index, *values) for values in zip(*results))
 
 
-def _tensors(values: Sequence[Any], avals: Sequence[_program.Aval], device: torch.device
+def _tensors(values: Sequence[Any], avals: Sequence[_graph.Aval], device: torch.device
              ) -> list[torch.Tensor]:
   """Results as tensors: a constant result is a Python scalar, and a loop feeds it back."""
   return [v if isinstance(v, torch.Tensor) else
@@ -118,10 +118,10 @@ def _device(operands: Sequence[Any]) -> torch.device:
 
 
 def _scan(length: int, reverse: bool, num_consts: int, num_carry: int,
-          out_avals: Sequence[_program.Aval]) -> Impl:
+          out_avals: Sequence[_graph.Aval]) -> Impl:
   """``lax.scan``: the body once per index of ``xs``, ``ys`` stacked in index order."""
   carry_avals, y_avals = out_avals[:num_carry], out_avals[num_carry:]
-  y_avals = [_program.Aval(aval.shape[1:], aval.dtype) for aval in y_avals]
+  y_avals = [_graph.Aval(aval.shape[1:], aval.dtype) for aval in y_avals]
 
   def impl(calls, *operands):
     (body,) = calls
@@ -143,7 +143,7 @@ def _scan(length: int, reverse: bool, num_consts: int, num_carry: int,
   return impl
 
 
-def _while(n_cond: int, n_body: int, trips: int | None, carry_avals: Sequence[_program.Aval]
+def _while(n_cond: int, n_body: int, trips: int | None, carry_avals: Sequence[_graph.Aval]
            ) -> Impl:
   """``lax.while_loop``: ``trips`` times, or while the predicate read on the host holds."""
   def impl(calls, *operands):
@@ -180,8 +180,8 @@ def _host_bool(predicate: Any) -> bool:
   return bool(predicate)
 
 
-def trip_count(cond: _program.Graph, body: _program.Graph, n_cond: int, n_body: int,
-               known: Sequence[Any], carry_avals: Sequence[_program.Aval]) -> int | None:
+def trip_count(cond: _graph.Graph, body: _graph.Graph, n_cond: int, n_body: int,
+               known: Sequence[Any], carry_avals: Sequence[_graph.Aval]) -> int | None:
   """The trips of a ``while`` loop, when constants alone decide them.
 
   Args:
@@ -213,9 +213,9 @@ def trip_count(cond: _program.Graph, body: _program.Graph, n_cond: int, n_body: 
   values = {i: carry_known[i] for i in control}
   try:
     for trips in range(MAX_COUNTED_TRIPS + 1):
-      if not bool(_program.run(cond_slice, [*cond_known, *_carry(values, len(carry_known))])[0]):
+      if not bool(_graph.run(cond_slice, [*cond_known, *_carry(values, len(carry_known))])[0]):
         return trips
-      out = _program.run(body_slice, [*body_known, *_carry(values, len(carry_known))])
+      out = _graph.run(body_slice, [*body_known, *_carry(values, len(carry_known))])
       values = dict(zip(control, _tensors(out, [carry_avals[i] for i in control],
                                           torch.device('cpu'))))
   except NotImplementedError:  # a primitive the table lacks: it stays unsupported
@@ -228,7 +228,7 @@ def _carry(values: dict[int, Any], n: int) -> list[Any]:
   return [values.get(i) for i in range(n)]
 
 
-def _slice(graph: _program.Graph, outputs: Sequence[int]) -> tuple[_program.Graph, set[int]]:
+def _slice(graph: _graph.Graph, outputs: Sequence[int]) -> tuple[_graph.Graph, set[int]]:
   """``graph`` reduced to the operations ``outputs`` depend on.
 
   Returns:
@@ -242,6 +242,6 @@ def _slice(graph: _program.Graph, outputs: Sequence[int]) -> tuple[_program.Grap
     if wanted.intersection(op.outputs):
       ops.append(op)
       wanted.update(r for r in op.inputs if isinstance(r, int))
-  reduced = _program.Graph(graph.inputs, refs, ops[::-1], graph.constants, graph.avals,
+  reduced = _graph.Graph(graph.inputs, refs, ops[::-1], graph.constants, graph.avals,
                            graph.unsupported)
   return reduced, {i for i, slot in enumerate(graph.inputs) if slot in wanted}

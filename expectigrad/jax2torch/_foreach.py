@@ -1,4 +1,4 @@
-"""Runs a :class:`~._program.Graph` with one ``torch._foreach_*`` call per batch.
+"""Runs a :class:`~._graph.Graph` with one ``torch._foreach_*`` call per batch.
 
 An optax update traced over a tree of parameters repeats the same equations
 once per leaf (``jax.tree.map``). This module groups them back: operations
@@ -22,7 +22,7 @@ import torch
 
 from expectigrad import _private_torch
 from expectigrad.jax2torch._primitives import ELEMENTWISE
-from expectigrad.jax2torch._program import Graph, Literal, Op
+from expectigrad.jax2torch._graph import Graph, Literal, Op
 
 Slots = dict
 Step = Callable[[Slots], None]

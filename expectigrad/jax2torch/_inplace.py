@@ -1,6 +1,6 @@
 """A lowered program run eagerly in little memory: the plan of every buffer, made once.
 
-:func:`plan` turns a :class:`~._program.Graph` into a :class:`Plan`, a list
+:func:`plan` turns a :class:`~._graph.Graph` into a :class:`Plan`, a list
 of torch calls decided at build time, for programs over a few large tensors
 (an elementwise update over one flat vector per state leaf, say). Run
 naively, such a program keeps every intermediate until it returns and writes
@@ -26,7 +26,7 @@ per state leaf. The plan instead:
   overwrite, so no packed copy outlives the operation that reads it.
 
 Every other operation computes what the primitive table computes
-(``_primitives``), so results equal :func:`._program.run`'s bit for bit
+(``_primitives``), so results equal :func:`._graph.run`'s bit for bit
 except where an ``addcmul`` rounds once.
 """
 
@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from expectigrad.jax2torch import _rewrites
-from expectigrad.jax2torch._program import Graph, Literal, Op
+from expectigrad.jax2torch._graph import Graph, Literal, Op
 from expectigrad.jax2torch._rewrites import Node
 
 Env = dict

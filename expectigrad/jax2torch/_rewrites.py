@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from expectigrad.jax2torch._program import Literal
+from expectigrad.jax2torch._graph import Literal
 
 # Consumers that may read a conversion's operand instead (type promotion converts it
 # on load); ``div`` only as the divisor, since the table's ``div`` reads the dividend's
