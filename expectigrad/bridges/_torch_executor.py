@@ -198,19 +198,20 @@ class Executor:
       grads: the gradients, as ``arrays`` are seen.
       traced, static: the group's hyperparameters (names -> values).
     """
-    chain = self.chain(tuple(sorted(traced)), static, arrays)
+    names = tuple(sorted(traced))
+    chain = self.chain(names, static, arrays)
     if _torch_dtensor.is_distributed(params[0]):
       self._step_distributed(state, chain, params, arrays, hyper, grads, traced, static)
       return
     in_jax = runs_in_jax(chain, self._executor, self._warned, compiled=self._compile)
     if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
-      flat = self._flat_chain(chain, tuple(sorted(traced)), static, params)
+      flat = self._flat_chain(chain, names, static, params)
       if flat.usable:
         self._flat_cohort(flat, params).step(state, traced, grads)
         return
     eager = not torch.compiler.is_dynamo_compiling() and not self._compile
     if not in_jax and eager:
-      lean = self._torch_flat_chain(chain, tuple(sorted(traced)), static, arrays)
+      lean = self._torch_flat_chain(chain, names, static, arrays)
       if lean.usable:
         self._lean_cohort(state, lean, params, arrays).step(arrays, hyper, grads)
         return
@@ -323,8 +324,7 @@ class Executor:
                  if leaf.owner is None for p in params)
     if not (shared and cohort.intact(held)):
       held = [_torch_dtensor.local(t) for t in held]
-      adopted = cohort.adopt(held, arrays) if wrap is None else cohort.adopt(held, arrays, wrap)
-      for leaf, tensor in zip(leaves, adopted):
+      for leaf, tensor in zip(leaves, cohort.adopt(held, arrays, wrap)):
         for p in (params if leaf.owner is None else [params[leaf.owner]]):
           state[p][leaf.name] = tensor
     return cohort

@@ -200,7 +200,7 @@ class Cohort:
         a is b for a, b in zip(tensors, self._handed_out))
 
   def adopt(self, tensors: Sequence[torch.Tensor], arrays: Sequence[torch.Tensor],
-            wrap: Callable[[torch.Tensor, int | None], torch.Tensor] = lambda t, owner: t
+            wrap: Callable[[torch.Tensor, int | None], torch.Tensor] | None = None
             ) -> list[torch.Tensor]:
     """Copies the state ``tensors`` into new flat buffers; returns what to keep instead.
 
@@ -208,12 +208,14 @@ class Cohort:
       tensors: the current state, in tree order.
       arrays: the parameters as the chain sees them (real views of complex ones).
       wrap: applied to each view, with the position of the parameter it
-        belongs to (None for a shared leaf), before it is handed out.
+        belongs to (None for a shared leaf), before it is handed out (None:
+        the views themselves).
 
     Returns:
       The views, and the shared leaves' tensors, each wrapped, in tree order.
     """
     layout, tree = self.chain.layout, self.chain.tree.state
+    wrap = wrap or (lambda tensor, owner: tensor)
     position = {(leaf.name, leaf.owner): k for k, leaf in enumerate(tree)}
     handed = list(tensors)
     self._buffers = []

@@ -284,8 +284,6 @@ class Optimizer(torch.optim.Optimizer):
 
   # -- state dicts ---------------------------------------------------------------------
 
-  # -- state dicts ---------------------------------------------------------------------
-
   def optax_state(self, group_index: int = 0) -> Any:
     """The state of a param group as the optax state pytree the chain works on.
 
