@@ -66,6 +66,8 @@ class LoweredChain:
     hyper_names: the traced hyperparameters' names, in the programs' order.
     state: one :class:`StateLeaf` per state leaf, in the programs' order.
     state_shape: the optax state's tree of ``jax.ShapeDtypeStruct``.
+    traced: ``update`` traced by JAX (a ClosedJaxpr): inputs ``(*hyper,
+      *grads, *state, *params)``, outputs ``(*updates, *state)``, flat.
     reads_params: whether ``update`` reads the parameters. It always takes
       them: a chain may require them without reading them
       (``optax.add_decayed_weights(0.0)``).
@@ -87,8 +89,8 @@ class LoweredChain:
     with self.chain.x64():
       hyper = {k: jax.ShapeDtypeStruct((), jax_dtype(self.hyper_dtype)) for k in hyper_names}
       update = self.chain.update_tree
-      self.reads_params = _reads(jax.make_jaxpr(update)(hyper, params, state, params),
-                                 len(params))
+      self.traced = jax.make_jaxpr(update)(hyper, params, state, params)
+      self.reads_params = _reads(self.traced, len(params))
       self.init = jax2torch.lower(self.chain.init_tree, hyper, params)
       self.update = jax2torch.lower(update, hyper, params, state, params)
       self._jax_update = jax.jit(update)

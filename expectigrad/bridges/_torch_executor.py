@@ -4,9 +4,9 @@
 shapes (:class:`._torch_chain.LoweredChain`) and steps a cohort of
 parameters (those stepped together) on one of these paths:
 
-- the JAX executor (:mod:`._torch_flat_jax`): the CPU default, eager, for
-  elementwise chains; and the JAX runtime for a chain with a primitive the
-  lowering lacks (:func:`runs_in_jax`, the rule Keras on torch follows too);
+- the JAX executor (:mod:`._torch_jax`): the CPU default, eager, for any
+  chain, and the JAX runtime for a chain with a primitive the lowering
+  lacks (:func:`runs_in_jax`, the rule Keras on torch follows too);
 - the flat in-place path (:mod:`._torch_flat`): eager elsewhere, for
   elementwise chains;
 - the lowered program compiled by Inductor (``compile=True``, or one opaque
@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import optax
 import torch
 
-from expectigrad.bridges import _torch_dtensor, _torch_flat, _torch_flat_jax, _torch_state
+from expectigrad.bridges import _torch_dtensor, _torch_flat, _torch_jax, _torch_state
 from expectigrad.bridges._torch_chain import LoweredChain
 
 EXECUTORS = ('auto', 'torch', 'jax')
@@ -132,8 +132,8 @@ class Executor:
   def __init__(self, make: MakeTransform, executor: str, compile: bool):  # pylint: disable=redefined-builtin
     self._make, self._executor, self._compile = make, executor, compile
     self._lowered: dict[tuple, LoweredChain] = {}
-    self._flat_chains: dict[int, _torch_flat_jax.FlatChain] = {}
-    self._flat_cohorts: dict[tuple, Any] = {}  # JAX or torch flat state, per parameter set
+    self._jax_chains: dict[int, _torch_jax.JaxChain] = {}  # per lowered chain
+    self._cohorts: dict[tuple, Any] = {}  # JAX or flat torch state, per parameter set
     self._torch_flat_chains: dict[tuple, _torch_flat.FlatChain] = {}
     # (chain, shard shapes) -> the chain over DTensor parameters' shards and its flat
     # trace, or None where it steps the DTensors themselves (see _on_shards).
@@ -203,14 +203,10 @@ class Executor:
     if _torch_dtensor.is_distributed(params[0]):
       self._step_distributed(state, chain, params, arrays, hyper, grads, traced, static)
       return
-    in_jax = runs_in_jax(chain, self._executor, self._warned, compiled=self._compile)
-    if in_jax and not params[0].is_complex():  # the flat executor packs real tensors
-      flat = self._flat_chain(chain, names, static, params)
-      if flat.usable:
-        self._flat_cohort(flat, params).step(state, traced, grads)
-        return
-    eager = not torch.compiler.is_dynamo_compiling() and not self._compile
-    if not in_jax and eager:
+    if runs_in_jax(chain, self._executor, self._warned, compiled=self._compile):
+      self._jax_cohort(chain, params).step(state, arrays, traced, grads)
+      return
+    if not torch.compiler.is_dynamo_compiling() and not self._compile:
       lean = self._torch_flat_chain(chain, names, static, arrays)
       if lean.usable:
         self._lean_cohort(state, lean, params, arrays).step(arrays, hyper, grads)
@@ -221,11 +217,10 @@ class Executor:
     # functionalize an op writing into a view of a complex graph input, so
     # the caller's compile traces their step.
     opaque = torch.compiler.is_dynamo_compiling() and not params[0].is_complex()
-    if not in_jax and (self._compile or opaque):
+    if self._compile or opaque:
       chain.compiled_step(*arrays, *targets, *hyper, *grads)
     else:
-      chain.step(arrays, targets, hyper, grads, in_jax=in_jax,
-                 foreach=not torch.compiler.is_dynamo_compiling())
+      chain.step(arrays, targets, hyper, grads, foreach=not torch.compiler.is_dynamo_compiling())
 
   def _step_distributed(self, state: _torch_state.State, chain: LoweredChain,
                         params: list[torch.Tensor], arrays: list[torch.Tensor],
@@ -296,17 +291,19 @@ class Executor:
     their buffers are freed once no view of them remains.
     """
     key = tuple(id(p) for p in params)
-    cohort = self._flat_cohorts.get(key)
+    cohort = self._cohorts.get(key)
     if cohort is None or cohort.chain is not chain:
-      for other in [k for k in self._flat_cohorts if set(k) & set(key)]:
-        del self._flat_cohorts[other]
-      cohort = self._flat_cohorts[key] = make()
+      for other in [k for k in self._cohorts if set(k) & set(key)]:
+        del self._cohorts[other]
+      cohort = self._cohorts[key] = make()
     return cohort
 
-  def _flat_cohort(self, flat: _torch_flat_jax.FlatChain, params: list[torch.Tensor]
-                   ) -> _torch_flat_jax.Cohort:
-    """The flat JAX state of these parameters (the JAX executor's)."""
-    return self._cached_cohort(flat, params, lambda: _torch_flat_jax.Cohort(flat, params))
+  def _jax_cohort(self, chain: LoweredChain, params: list[torch.Tensor]) -> _torch_jax.Cohort:
+    """The JAX state of these parameters (the JAX executor's), its chain jitted once."""
+    if id(chain) not in self._jax_chains:  # the lowered chains live as long as the executor
+      self._jax_chains[id(chain)] = _torch_jax.JaxChain(chain)
+    jax_chain = self._jax_chains[id(chain)]
+    return self._cached_cohort(jax_chain, params, lambda: _torch_jax.Cohort(jax_chain, params))
 
   def _lean_cohort(self, state: _torch_state.State, lean: _torch_flat.FlatChain,
                    params: list[torch.Tensor], arrays: list[torch.Tensor],
@@ -328,14 +325,6 @@ class Executor:
         for p in (params if leaf.owner is None else [params[leaf.owner]]):
           state[p][leaf.name] = tensor
     return cohort
-
-  def _flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
-                  params: Sequence[torch.Tensor]) -> _torch_flat_jax.FlatChain:
-    """The JAX executor's chain: the flat trace (:meth:`_torch_flat_chain`), jitted."""
-    flat = self._torch_flat_chain(chain, names, static, params)
-    if id(flat) not in self._flat_chains:
-      self._flat_chains[id(flat)] = _torch_flat_jax.FlatChain(flat)
-    return self._flat_chains[id(flat)]
 
   def _torch_flat_chain(self, chain: LoweredChain, names: tuple, static: tuple,
                         arrays: Sequence[torch.Tensor]) -> _torch_flat.FlatChain:

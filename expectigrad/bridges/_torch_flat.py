@@ -16,8 +16,6 @@ module runs such a chain the way a fused optimizer lays out memory:
   ``Program.in_place``): each primitive is one kernel whatever the number
   of tensors; the gradients enter as segments, concatenated where read;
   the flat update is added to the parameters with one ``_foreach_add_``.
-
-The same layout serves the JAX executor (:mod:`._torch_flat_jax`).
 """
 
 from __future__ import annotations
@@ -123,9 +121,8 @@ class FlatChain:
   Attributes:
     usable: whether the flat chain is elementwise and its state is the tree's.
     leaves: the flat state's leaves (per-element ones span the whole layout).
-    update: ``update(hyper, grads, state, params) -> (updates, state)`` over flat vectors.
-    closed: ``update`` traced (a ClosedJaxpr); ``in_tree``, ``out_tree``, ``state_tree``
-      its argument, result and state structures.
+    closed: the update over flat vectors traced (a ClosedJaxpr); ``in_tree``
+      and ``out_tree`` its argument and result structures.
   """
 
   def __init__(self, make: Callable, hyper_names: Sequence[str],
@@ -142,7 +139,6 @@ class FlatChain:
           {key: grads}, state, None if params is None else {key: params})
       return updates[key], state
 
-    self.update = update
     with _torch_chain.x64_scope(dtype):
       hyper = {k: jax.ShapeDtypeStruct((), _torch_chain.jax_dtype(tree.hyper_dtype))
                for k in hyper_names}
@@ -151,10 +147,8 @@ class FlatChain:
       self.closed, out_shape = jax.make_jaxpr(update, return_shape=True)(
           hyper, vector, state, vector)
     self.in_tree = jax.tree.structure((hyper, vector, state, vector))
-    self.state_tree = jax.tree.structure(state)
     self.out_tree = jax.tree.structure(out_shape)
     self.leaves = _conventions.state_leaves(state, [key], '.', False, jax2torch.torch_dtype)
-    self.tree_leaf = {(leaf.name, leaf.owner): leaf for leaf in tree.state}
     self.usable = corresponds(tree.state, self.leaves, sum(layout.numels)) and (
         is_elementwise(self.closed))
     self._runs: dict[tuple, Callable[..., list]] = {}
