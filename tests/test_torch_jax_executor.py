@@ -154,3 +154,28 @@ def test_memory_kept_between_steps(make, beyond):
   # Every array JAX holds is state torch sees through views, plus the update's where not scaled.
   assert kept == pytest.approx(state_bytes + beyond * numel, abs=64)
   assert state_bytes >= 8 * numel
+
+
+@pytest.mark.parametrize('make', [lambda ps: Expectigrad(ps),
+                                  lambda ps: bridge.Optimizer(ps, optax.adam(1e-3))])
+def test_xla_updates_every_donated_array_in_place_without_copies(make):
+  """Each new state leaf (and, where not scaled, each update) takes a donated
+  buffer, and XLA copies none: parameters of repeated shapes could pair an
+  output with another's buffer (updates paired first made XLA copy 124 of
+  Adam's 187 arrays on ResNet-18's shapes)."""
+  shapes = [(8, 4, 3, 3), (8,), (8, 4, 3, 3), (8,), (20, 8)]
+  params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+  opt = make(params)
+  for p in params:
+    p.grad = torch.randn_like(p)
+  opt.step()
+  executor = opt._run  # pylint: disable=protected-access
+  (chain,) = executor._jax_chains.values()
+  (cohort,) = executor._cohorts.values()
+  grads = chain.to_jax([p.grad for p in params])
+  hyper = chain.hyper({k: 0.1 for k in chain.chain.hyper_names})
+  args = (hyper, grads, cohort.state, grads) + ((cohort._spare,) if chain.scaled is None else ())
+  text = chain._run.lower(*args).compile().as_text()
+  donated = len(cohort.state) + (len(params) if chain.scaled is None else 0)
+  assert text.splitlines()[0].count('-alias)') == donated
+  assert ' copy(' not in text

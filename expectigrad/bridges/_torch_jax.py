@@ -106,9 +106,14 @@ class JaxChain:
       def update(hyper, grads, state, params, spare):
         del spare  # donated: XLA writes the updates into its buffers
         outputs = run(*hyper, *grads, *state, *params)
-        return outputs[:n], outputs[n:]
+        # JAX gives each output the first unused donated buffer of its shape,
+        # in order: the new state first, so that each leaf takes its own old
+        # buffer and the updates the spare ones (updates first made XLA copy
+        # 124 of Adam's 187 arrays on ResNet-18's shapes: 21 against 12 ms).
+        return outputs[n:], outputs[:n]
 
-      self._run = jax.jit(update, donate_argnums=(2, 4))
+      # keep_unused: else jit drops ``spare``, and its buffers with it.
+      self._run = jax.jit(update, donate_argnums=(2, 4), keep_unused=True)
     else:
       scales_and_state = _scaled_update.program(traced, self.scaled)
       self._run = jax.jit(
@@ -150,7 +155,8 @@ class JaxChain:
       # A state tensor the user still holds cannot be donated; XLA then copies.
       warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
       if self.scaled is None:
-        return self._run(hyper, grads, state, params, spare)
+        new_state, updates = self._run(hyper, grads, state, params, spare)
+        return updates, new_state
       return self._run(hyper, grads, state, params)
 
 
