@@ -179,3 +179,24 @@ def test_xla_updates_every_donated_array_in_place_without_copies(make):
   donated = len(cohort.state) + (len(params) if chain.scaled is None else 0)
   assert text.splitlines()[0].count('-alias)') == donated
   assert ' copy(' not in text
+
+
+@pytest.mark.parametrize('make', [
+    lambda ps: Expectigrad(ps, lr=0.05),   # raveled, scaled
+    lambda ps: bridge.Optimizer(ps, optax.chain(optax.clip_by_global_norm(100.0),
+                                                expectigrad.expectigrad(0.05))),  # as shaped
+])
+def test_non_contiguous_parameters_and_gradients_step_like_the_reference(make):
+  """A transposed parameter and gradient are read through copies and written in place."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((4, 6))
+  param = torch.nn.Parameter(torch.from_numpy(x.copy()).t())
+  assert not param.is_contiguous()
+  opt = make([param])
+  ref = reference.ExpectigradReference(x.T.copy(), lr=0.05)
+  for _ in range(STEPS):
+    g = rng.standard_normal((6, 4))
+    param.grad = torch.from_numpy(g.T.copy()).t()
+    ref.step(g)
+    opt.step()
+  np.testing.assert_allclose(param.detach().numpy(), ref.x, rtol=1e-10, atol=0)
