@@ -159,10 +159,16 @@ class LoweredChain:
     Tensors cross through dlpack (zero-copy where XLA accepts the buffer).
     """
     with self.chain.x64():
-      leaves = [jax.dlpack.from_dlpack(a.detach().contiguous()) for a in args]
+      leaves = [to_jax(a) for a in args]
       h, g, s, p = jax.tree.unflatten(self.update.in_tree, leaves)
       out = self._jax_update(h, g, s, p)
       return [torch.from_dlpack(x) for x in jax.tree.leaves(out)]
+
+
+def to_jax(tensor: torch.Tensor) -> jax.Array:
+  """A torch tensor as a JAX array through dlpack: zero-copy where XLA can take
+  its buffer (JAX copies a misaligned one itself; a strided one is made contiguous)."""
+  return jax.dlpack.from_dlpack(tensor.detach().contiguous())
 
 
 def _reads(closed: Any, n: int) -> bool:

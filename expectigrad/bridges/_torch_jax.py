@@ -47,18 +47,6 @@ from expectigrad import jax2torch
 from expectigrad.bridges import _conventions, _scaled_update, _torch_chain, _torch_flat
 from expectigrad.bridges._conventions import StateLeaf
 
-# XLA imports a buffer zero-copy only if it is aligned to this many bytes.
-_DLPACK_ALIGNMENT = 64
-
-
-def _to_jax(tensor: torch.Tensor) -> jax.Array:
-  """``tensor`` as a JAX array: zero-copy where XLA can take its buffer, else a copy."""
-  tensor = tensor.detach()
-  if not (tensor.is_contiguous() and tensor.data_ptr() % _DLPACK_ALIGNMENT == 0):
-    tensor = tensor.clone(memory_format=torch.contiguous_format)  # aligned by torch's allocator
-  return jax.dlpack.from_dlpack(tensor)
-
-
 def _raveled(chain: _torch_chain.LoweredChain) -> tuple[Any, list[StateLeaf]] | None:
   """An elementwise chain's update traced over its parameters raveled, and its state leaves.
 
@@ -126,7 +114,7 @@ class JaxChain:
 
   def to_jax(self, tensors: Sequence[torch.Tensor]) -> list[jax.Array]:
     """Per-parameter tensors (gradients, parameters) as the program takes them."""
-    return [_to_jax(t.reshape(-1) if self.raveled else t) for t in tensors]
+    return [_torch_chain.to_jax(t.reshape(-1) if self.raveled else t) for t in tensors]
 
   def spare(self) -> list[jax.Array]:
     """Arrays for the updates to be written into (where :attr:`scaled` is None)."""
@@ -138,7 +126,7 @@ class JaxChain:
     for leaf in self.leaves:
       value = state[params[0 if leaf.owner is None else leaf.owner]][leaf.name]
       # A JAX-owned copy: XLA never donates a buffer imported from torch.
-      arrays.append(jnp.array(_to_jax(value.reshape(leaf.shape)), copy=True))
+      arrays.append(jnp.array(_torch_chain.to_jax(value.reshape(leaf.shape)), copy=True))
     return arrays
 
   def run(self, hyper: list, grads: list, state: list, params: list, spare: list | None
